@@ -1,0 +1,192 @@
+"""MMBench TSV: read, write, check, and rotate options (shared/reference/mmbench.md §1).
+
+One row per (question, option rotation); rotated copies have index `original + k * 1_000_000`. A row's `image` is
+base64, or (64 characters or fewer) the index of another row whose image it shares. Options may be 2-4 (missing
+ones empty); `answer` is absent on the test split. Errors are one PulseError line: file, TSV line (index), field.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from pulse.data.records import MMBenchItem
+from pulse.errors import PulseError
+
+LETTERS = ("A", "B", "C", "D")
+GROUP = 1_000_000  # group key = index % GROUP; the row with index < GROUP is the original
+REFERENCE_MAX_CHARS = 64  # an image value this short is another row's index (as VLMEvalKit does)
+REQUIRED_COLUMNS = ("index", "question", "A", "B", "category", "l2-category", "image")
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(loc: str, field: str, message: str):
+    raise PulseError(f"{loc}, field {field}: {_one_line(message)}")
+
+
+def _cell(rec: dict, column: str) -> str | None:
+    """A cell's text; None for an empty cell or an absent column. 'None'/'NA' stay text."""
+    value = rec.get(column)
+    return value if isinstance(value, str) else None
+
+
+def _decode_b64_image(text: str, loc: str) -> bytes:
+    try:
+        data = base64.b64decode(text)
+    except (binascii.Error, ValueError) as e:
+        _fail(loc, "image", f"not valid base64 ({e})")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (64, 64))
+            im.load()
+    except UnidentifiedImageError:
+        _fail(loc, "image", "base64 does not decode to an image (not a recognised image format)")
+    except Exception as e:  # PIL raises many types for truncated or corrupt data
+        _fail(loc, "image", f"base64 does not decode to an image ({type(e).__name__}: {e})")
+    return data
+
+
+def read_mmbench(path) -> list[MMBenchItem]:
+    """Read and validate an MMBench TSV; index-reference images are resolved to the referenced row's bytes.
+
+    Accepts `l2-category` or `L2-category`; `hint`, `C`, `D` and `answer` are optional columns and empty cells
+    mean "absent". Options must be contiguous from A (2-4 of them); the answer, if any, must be one of them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PulseError(f"{path}: MMBench TSV not found")
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
+        raise PulseError(f"{path}: not a readable TSV ({_one_line(e)})") from e
+    df = df.rename(columns={"L2-category": "l2-category"})
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise PulseError(f"{path}, field {missing[0]}: missing column (MMBench needs {', '.join(REQUIRED_COLUMNS)})")
+    rows = df.to_dict("records")
+
+    locs, parsed, row_of_index = [], [], {}
+    for i, rec in enumerate(rows):
+        loc = f"{path}, line {i + 2} (index {_cell(rec, 'index')})"
+        locs.append(loc)
+        try:
+            index = int(_cell(rec, "index"))
+        except (TypeError, ValueError):
+            _fail(loc, "index", "not an integer")
+        if index in row_of_index:
+            _fail(loc, "index", f"duplicate index (first on line {row_of_index[index] + 2})")
+        row_of_index[index] = i
+        options = {}
+        for letter in LETTERS:
+            text = _cell(rec, letter)
+            if text is not None:
+                if len(options) != LETTERS.index(letter):
+                    _fail(loc, LETTERS[len(options)], f"option missing while option {letter} is present "
+                          "(options must be contiguous from A)")
+                options[letter] = text
+        if len(options) < 2:
+            _fail(loc, "B", "fewer than 2 options")
+        answer = _cell(rec, "answer")
+        if answer is not None and answer not in options:
+            _fail(loc, "answer", f"{answer!r} is not one of {', '.join(options)}")
+        for column in ("question", "category", "l2-category", "image"):
+            if _cell(rec, column) is None:
+                _fail(loc, column, "empty")
+        parsed.append((index, rec, options, answer))
+
+    decoded: dict[int, bytes] = {}  # row number -> image bytes of base64 rows
+
+    def image_of_row(i: int) -> bytes:
+        if i not in decoded:
+            decoded[i] = _decode_b64_image(rows[i]["image"], locs[i])
+        return decoded[i]
+
+    items = []
+    for i, (index, rec, options, answer) in enumerate(parsed):
+        value = rec["image"]
+        if len(value) <= REFERENCE_MAX_CHARS:
+            try:
+                target = row_of_index[int(value)]
+            except (ValueError, KeyError):
+                _fail(locs[i], "image", f"{value!r} is neither base64 nor the index of a row of this file")
+            if len(rows[target]["image"]) <= REFERENCE_MAX_CHARS:
+                _fail(locs[i], "image", f"refers to index {value}, whose image is itself a reference")
+            image = image_of_row(target)
+        else:
+            image = image_of_row(i)
+        items.append(MMBenchItem(index=index, question=rec["question"], hint=_cell(rec, "hint"), options=options,
+                                 answer=answer, category=rec["category"], l2_category=rec["l2-category"],
+                                 image=image))
+    return items
+
+
+def write_mmbench(path, items: list[MMBenchItem]) -> None:
+    """Write items as an MMBench TSV (atomically). A rotated copy whose image equals its group's original row's
+    image stores that row's index instead of base64, as the real MMBench does. No `answer` column if all are None.
+    """
+    path = Path(path)
+    by_index = {}
+    for item in items:
+        loc = f"{path}, index {item.index}"
+        if item.index in by_index:
+            _fail(loc, "index", "duplicate index")
+        by_index[item.index] = item
+        if tuple(item.options) != LETTERS[: len(item.options)] or len(item.options) < 2:
+            _fail(loc, "options", f"need 2-4 options contiguous from A (got {', '.join(item.options)})")
+        empty = [k for k, v in item.options.items() if not v]
+        if empty:
+            _fail(loc, empty[0], "empty option text cannot be written (an empty cell means no option)")
+        if item.answer is not None and item.answer not in item.options:
+            _fail(loc, "answer", f"{item.answer!r} is not one of {', '.join(item.options)}")
+    rows = []
+    for item in items:
+        original = by_index.get(item.group) if item.index >= GROUP else None
+        shared = original is not None and original.image == item.image
+        rows.append({"index": item.index, "question": item.question, "hint": item.hint or None,
+                     **{k: item.options.get(k) for k in LETTERS}, "answer": item.answer,
+                     "category": item.category, "l2-category": item.l2_category,
+                     "image": str(original.index) if shared else base64.b64encode(item.image).decode("ascii")})
+    columns = ["index", "question", "hint", *LETTERS, "answer", "category", "l2-category", "image"]
+    if all(item.answer is None for item in items):
+        columns.remove("answer")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        pd.DataFrame(rows, columns=columns).to_csv(tmp, sep="\t", index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_mmbench(path) -> dict:
+    """Read and validate a TSV; every group must contain its original row. Returns {"questions", "rows"}."""
+    items = read_mmbench(path)
+    indices = {item.index for item in items}
+    for item in items:
+        if item.group not in indices:
+            _fail(f"{path}, index {item.index}", "index",
+                  f"rotated copy of question {item.group}, but no row has index {item.group}")
+    return {"questions": len({item.group for item in items}), "rows": len(items)}
+
+
+def rotate(options: dict, answer: str | None, k: int) -> tuple[dict, str | None]:
+    """Circularly shift option texts by k (MMBench CircularEval: ABCD -> BCDA -> CDAB -> DABC).
+
+    New option i holds old option (i + k) mod n, so the answer letter moves back by k. `answer` may be None.
+    """
+    letters, texts = list(options), list(options.values())
+    k %= len(texts)
+    rotated = dict(zip(letters, texts[k:] + texts[:k]))
+    if answer is None:
+        return rotated, None
+    if answer not in options:
+        raise ValueError(f"answer {answer!r} is not one of {', '.join(letters)}")
+    return rotated, letters[(letters.index(answer) - k) % len(letters)]

@@ -1,0 +1,94 @@
+"""MCQ accuracy on a set of people, per form (image-textual / pure-text), in two scoring modes:
+
+- `likelihood` (non-standard, the default for tiny models): the question alone as an open-QA prompt in the
+  model's template, every option text scored as the continuation, argmax (see `likelihood.py`);
+- `generate` (MLLMU-Bench's protocol, §9.3–9.5): its literal prompt strings, seeded few-shot demo people whose
+  questions are excluded from scoring, greedy decoding, first-character parse.
+
+Per-question predictions are kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..data.records import FORMS, MCQ, Person
+from ..errors import PulseError
+from ..models.batches import Encoder
+from ..models.load import LoadedModel
+from . import prompts as P
+from .generate import generate
+from .likelihood import option_logps
+
+SCORINGS = ("likelihood", "generate")
+
+
+@dataclass
+class McqResult:
+    accuracy: dict[str, float]  # form -> percent
+    n: dict[str, int]
+    predictions: list[dict] = field(default_factory=list)
+    demo_ids: dict[str, list[str]] = field(default_factory=dict)
+
+    def for_people(self, ids) -> "McqResult":
+        """The same predictions restricted to a subset of people (no re-evaluation)."""
+        ids = set(ids)
+        return summarise([p for p in self.predictions if p["person_id"] in ids], self.demo_ids)
+
+
+def summarise(predictions: list[dict], demo_ids: dict | None = None) -> McqResult:
+    acc, n = {}, {}
+    for form in FORMS:
+        rows = [p for p in predictions if p["form"] == form]
+        n[form] = len(rows)
+        acc[form] = 100.0 * sum(p["correct"] for p in rows) / len(rows) if rows else float("nan")
+    return McqResult(acc, n, predictions, demo_ids or {})
+
+
+def _record(m: MCQ, pred: str | None, scores=None) -> dict:
+    row = {"person_id": m.person_id, "form": m.form, "index": m.index, "answer": m.answer,
+           "prediction": pred, "correct": pred == m.answer}
+    if scores is not None:
+        row["scores"] = [round(s, 4) for s in scores]
+    return row
+
+
+def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None = None, forms=FORMS,
+                 enc: Encoder | None = None, demo_people: int = 1, demo_seed: int = 0,
+                 demo_source: list[Person] | None = None, max_new_tokens: int = 50,
+                 batch_size: int = 64) -> McqResult:
+    """Accuracy (percent) per form on `people`. `demo_source` (default: `people`) supplies demo records (Full_Set)."""
+    scoring = scoring or lm.scoring
+    if scoring not in SCORINGS:
+        raise PulseError(f"unknown scoring {scoring!r}; known: {', '.join(SCORINGS)}")
+    enc = enc or Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype)
+    preds: list[dict] = []
+    demo_ids: dict[str, list[str]] = {}
+    for form in forms:
+        if scoring == "likelihood":
+            mcqs = [m for p in people for m in p.mcqs(form)]
+            images = {p.id: p.image for p in people}
+            questions = []
+            for m in mcqs:
+                q, opts = P.likelihood_prompt_parts(m)
+                img = images[m.person_id] if form == "image" else None
+                questions.append((lm.template.prompt(q, image=img is not None), img, opts))
+            scores = option_logps(lm.model, enc, questions, batch_size=batch_size)
+            for m, s in zip(mcqs, scores):
+                keys = list(m.options)
+                preds.append(_record(m, keys[max(range(len(s)), key=s.__getitem__)], s))
+        else:
+            source = {p.id: p for p in (demo_source or people)}
+            ids = P.select_demo_people([p.id for p in people], min(demo_people, len(people)), demo_seed)
+            demo_ids[form] = ids
+            demo_records = [source[i] for i in ids]
+            demos = P.demo_mcqs(demo_records, form)
+            demo_imgs = P.demo_images(demo_records, form)
+            mcqs = P.scored_mcqs(people, form, ids, demos)
+            images = {p.id: p.image for p in people}
+            texts = [P.mcq_prompt(m, demos) for m in mcqs]
+            imgs = [P.mcq_images(images[m.person_id], demo_imgs) if form == "image" else [] for m in mcqs]
+            outs = generate(lm.model, enc, texts, imgs, max_new_tokens=max_new_tokens,
+                            batch_size=max(1, batch_size // 4), stop_at_first_char=True)
+            for m, text in zip(mcqs, outs):
+                preds.append(_record(m, P.parse_mcq_answer(text, m.options, continuation=True)))
+    return summarise(preds, demo_ids)

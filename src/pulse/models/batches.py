@@ -1,0 +1,103 @@
+"""Turn (prompt, answer, image) samples into model batches.
+
+One code path for training, unlearning and likelihood scoring: the prompt is tokenised with its `<image>`
+placeholder expanded to the model's number of image tokens, the answer follows. Labels are -100 everywhere
+except the answer tokens (mask "answer", the default) or every real text token (mask "sequence", MLLMU-Bench's
+recipe). Image tokens and padding are never labelled.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from ..data.records import decode_image
+from ..errors import PulseError
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: str  # fully templated; contains the image token iff `image` is set
+    answer: str
+    image: bytes | None = None
+
+
+class Encoder:
+    """Tokeniser + image processor with caches (pixel values per image, image-token count)."""
+
+    def __init__(self, processor, device="cpu", dtype=torch.float32):
+        self.processor = processor
+        self.tok = processor.tokenizer
+        self.image_token = processor.image_token
+        self.image_token_id = self.tok.convert_tokens_to_ids(self.image_token)
+        self.device, self.dtype = device, dtype
+        self._pixels: dict[str, torch.Tensor] = {}
+        self._n_image_tokens: int | None = None
+
+    def pixels(self, image: bytes) -> torch.Tensor:
+        key = hashlib.sha1(image).hexdigest()
+        if key not in self._pixels:
+            out = self.processor.image_processor(images=[decode_image(image)], return_tensors="pt")
+            self._pixels[key] = out["pixel_values"][0]
+        return self._pixels[key]
+
+    def n_image_tokens(self, image: bytes) -> int:
+        if self._n_image_tokens is None:
+            ids = self.processor(text=self.image_token, images=[decode_image(image)], return_tensors="pt")["input_ids"]
+            self._n_image_tokens = int((ids == self.image_token_id).sum())
+        return self._n_image_tokens
+
+    def expand(self, prompt: str, image: bytes | None) -> str:
+        count = prompt.count(self.image_token)
+        if (image is None) != (count == 0) or count > 1:
+            raise PulseError(f"prompt has {count} image placeholders but {'an' if image else 'no'} image: {prompt[:60]!r}")
+        return prompt if image is None else prompt.replace(self.image_token, self.image_token * self.n_image_tokens(image))
+
+    def token_ids(self, sample: Sample, eos: bool) -> tuple[list[int], int]:
+        """Token ids of prompt + " " + answer (+ EOS) and the number of prompt tokens."""
+        prompt = self.expand(sample.prompt, sample.image)
+        p_ids = self.tok(prompt)["input_ids"]
+        full = self.tok(prompt + " " + sample.answer)["input_ids"] if sample.answer else list(p_ids)
+        if full[: len(p_ids)] != p_ids:  # tokeniser merged across the boundary: fall back to concatenation
+            full = p_ids + self.tok(" " + sample.answer, add_special_tokens=False)["input_ids"]
+        if eos and self.tok.eos_token_id is not None:
+            full = full + [self.tok.eos_token_id]
+        return full, len(p_ids)
+
+    def batch(self, samples: list[Sample], *, mask: str = "answer", eos: bool = True, side: str = "right") -> dict:
+        """Padded batch: input_ids, attention_mask, labels, pixel_values (images in sample order, or None)."""
+        if mask not in ("answer", "sequence"):
+            raise PulseError(f"unknown loss mask {mask!r}; use 'answer' or 'sequence'")
+        rows = [self.token_ids(s, eos) for s in samples]
+        width = max(len(ids) for ids, _ in rows)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (ids, n_prompt) in enumerate(rows):
+            start = 0 if side == "right" else width - len(ids)
+            t = torch.tensor(ids)
+            input_ids[i, start:start + len(ids)] = t
+            attn[i, start:start + len(ids)] = 1
+            lab = t.clone()
+            if mask == "answer":
+                lab[:n_prompt] = IGNORE
+            lab[t == self.image_token_id] = IGNORE
+            if mask == "sequence" and self.tok.bos_token_id is not None:
+                lab[t == self.tok.bos_token_id] = IGNORE
+            labels[i, start:start + len(ids)] = lab
+        images = [s.image for s in samples if s.image is not None]
+        pixel_values = torch.stack([self.pixels(b) for b in images]).to(self.device, self.dtype) if images else None
+        return {"input_ids": input_ids.to(self.device), "attention_mask": attn.to(self.device),
+                "labels": labels.to(self.device), "pixel_values": pixel_values}
+
+
+def forward(model, batch: dict):
+    """Model logits for a batch from `Encoder.batch` (labels are not passed: losses are ours)."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if batch["pixel_values"] is not None:
+        kwargs["pixel_values"] = batch["pixel_values"]
+    return model(**kwargs).logits

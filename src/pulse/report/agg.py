@@ -1,0 +1,92 @@
+"""Select measurements from the tidy table and aggregate them over seeds (through `mean_ci`).
+
+Diverged measurements are excluded from every mean; `Cell.n_diverged` counts the seeds left out so that
+tables and figures can say so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .stats import mean_ci
+
+MAIN_TARGET = "proj+llm"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A seed aggregate: mean, 95% CI half-width (None for < 2 seeds), seeds used, seeds diverged."""
+
+    mean: float = math.nan
+    half: float | None = None
+    n_seeds: int = 0
+    n_diverged: int = 0
+
+    @property
+    def has_data(self) -> bool:
+        return self.n_seeds > 0
+
+
+def select(df: pd.DataFrame, **filters) -> pd.DataFrame:
+    """Rows matching every given column == value filter (None values are ignored)."""
+    mask = pd.Series(True, index=df.index)
+    for column, value in filters.items():
+        if value is not None:
+            mask &= df[column] == value
+    return df[mask]
+
+
+def seed_values(rows: pd.DataFrame, value: str = "accuracy") -> tuple[pd.Series, int]:
+    """One value per seed from `rows` (ok rows only, duplicates averaged) and the number of seeds whose
+    rows are all diverged."""
+    ok = rows[rows["status"] == "ok"]
+    per_seed = ok.groupby("seed")[value].mean().dropna()
+    diverged = set(rows.loc[rows["status"] == "diverged", "seed"]) - set(ok["seed"])
+    return per_seed, len(diverged)
+
+
+def summarize(df: pd.DataFrame, value: str = "accuracy", transform=None, **filters) -> Cell:
+    """Aggregate `value` over seeds for the rows matching `filters`; `transform` maps each seed value
+    (e.g. 100 - relative) before the mean."""
+    per_seed, n_div = seed_values(select(df, **filters), value)
+    if transform is not None:
+        per_seed = per_seed.map(transform)
+    mean, half = mean_ci(per_seed.tolist())
+    return Cell(mean, half, len(per_seed), n_div)
+
+
+def main_target(df: pd.DataFrame) -> str | None:
+    """The update target the headline figures use: proj+llm (the paper's default) if present, else the
+    most frequent one."""
+    targets = df["target"].value_counts()
+    if targets.empty:
+        return None
+    return MAIN_TARGET if MAIN_TARGET in targets.index else str(targets.index[0])
+
+
+def final_request(df: pd.DataFrame, **filters) -> int | None:
+    rows = select(df, **filters)
+    return None if rows.empty else int(rows["request"].max())
+
+
+def methods(df: pd.DataFrame, **filters) -> list[str]:
+    """Methods in order of first appearance (the run's own order)."""
+    return list(dict.fromkeys(select(df, **filters)["method"]))
+
+
+def seed_count(df: pd.DataFrame, **filters) -> int:
+    return int(select(df, **filters)["seed"].nunique())
+
+
+METHOD_NAMES = {"ga": "GA", "ga_klr": "GA+KLR", "npo": "NPO", "gd": "GD", "klr": "KLR"}
+TARGET_PARTS = {"proj": "Proj", "llm": "LLM", "vision": "Vision", "vit": "ViT"}
+
+
+def method_name(method: str) -> str:
+    return METHOD_NAMES.get(method, method.replace("_", "+").upper())
+
+
+def target_name(target: str) -> str:
+    return ",".join(TARGET_PARTS.get(p, p) for p in target.split("+"))

@@ -1,0 +1,292 @@
+"""report.html: one self-contained page (inline CSS, figures as base64 PNG data URIs, no external URL).
+
+The page needs no JavaScript. One small inline script only records, on load, whether every figure
+decoded and is laid out, plus any script or console error, into #pulse-selfcheck (a hidden element that
+the browser test reads); it fetches nothing.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from datetime import datetime
+
+from .agg import method_name, target_name
+from .load import Run
+from .stats import CI_LABEL
+from .tables import COLUMNS, DIVERGED_MARK, Table3, caption, format_cell, notes, row_labels
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Arial,sans-serif;margin:0;color:#1d1d1f;
+background:#fafafa;line-height:1.45}
+main{max-width:1280px;margin:0 auto;padding:24px 32px 48px;background:#fff}
+h1{margin:0 0 4px;font-size:26px}h2{margin-top:36px;border-bottom:2px solid #e4e4e7;padding-bottom:4px}
+.sub{color:#555;margin:0 0 16px}
+table{border-collapse:collapse;margin:8px 0 12px;font-size:14px}
+th,td{border:1px solid #d4d4d8;padding:4px 10px;vertical-align:top}
+th{background:#f4f4f5;text-align:center}td.num{text-align:right;font-variant-numeric:tabular-nums;
+white-space:nowrap}
+table.kv th{text-align:left;white-space:nowrap}
+tr.pre td{background:#fafaf0;font-style:italic}
+figure{margin:12px 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption,.caption{color:#444;font-size:14px;margin-top:6px}
+.note{color:#b00020}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:600;font-size:13px;
+white-space:nowrap}
+.holds{background:#d9f2e3;color:#0b6b2e}.fails{background:#fde2e1;color:#a11a12}
+.nodata{background:#ececec;color:#555}
+details pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px;max-height:400px}
+code{font-size:13px}
+"""
+
+SELFCHECK = """
+(function () {
+  var errors = [];
+  window.addEventListener("error", function (e) {
+    errors.push("error: " + (e.message || (e.target && e.target.id) || "resource failed"));
+  }, true);
+  var origError = console.error;
+  console.error = function () {
+    errors.push("console.error: " + Array.prototype.join.call(arguments, " "));
+    return origError.apply(console, arguments);
+  };
+  window.addEventListener("load", function () {
+    var lines = [], bad = 0, imgs = document.images;
+    for (var i = 0; i < imgs.length; i++) {
+      var im = imgs[i], r = im.getBoundingClientRect();
+      var ok = im.complete && im.naturalWidth > 0 && r.width > 0 && r.height > 0;
+      if (!ok) { bad++; }
+      lines.push((im.id || "img" + i) + " " + (ok ? "ok" : "FAIL") + " natural " + im.naturalWidth + "x" +
+                 im.naturalHeight + " box " + Math.round(r.width) + "x" + Math.round(r.height));
+    }
+    var el = document.getElementById("pulse-selfcheck");
+    el.setAttribute("data-images", String(imgs.length));
+    el.setAttribute("data-errors", String(errors.length));
+    el.setAttribute("data-status", bad === 0 && errors.length === 0 ? "ok" : "fail");
+    el.textContent = lines.concat(errors).join("\\n");
+  });
+})();
+"""
+
+
+def esc(value) -> str:
+    """HTML-escape; '://' is written as a character reference so no URL appears in the file's text."""
+    return html.escape(str(value)).replace("://", "&#58;//")
+
+
+def _short(value, limit: int = 300) -> str:
+    if value is None:
+        return "\u2013"
+    if isinstance(value, (list, tuple)):
+        text = ", ".join(_short(v, limit) for v in value)
+    elif isinstance(value, dict):
+        text = "; ".join(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in value.items())
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _duration(started, finished) -> str | None:
+    try:
+        seconds = (datetime.fromisoformat(str(finished)) - datetime.fromisoformat(str(started))).total_seconds()
+    except (TypeError, ValueError):
+        return None
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
+
+
+def _celebrities(value) -> str | None:
+    if not value:
+        return None
+    items = []
+    for c in value:
+        if isinstance(c, dict):
+            acc = c.get("accuracy")
+            acc = f" ({acc:.1f}%)" if isinstance(acc, (int, float)) else ""
+            items.append(f"{c.get('id', '?')}{acc}")
+        else:
+            items.append(str(c))
+    more = f" \u2026 and {len(items) - 20} more" if len(items) > 20 else ""
+    return f"{len(items)}: " + ", ".join(items[:20]) + more
+
+
+def config_rows(run: Run) -> list[tuple[str, str]]:
+    m, cfg, df = run.manifest, run.manifest.get("config", {}), run.df
+    seeds = m.get("seeds", cfg.get("seeds"))
+    data_seeds = sorted(df["seed"].unique().tolist())
+    rows = [
+        ("Name", cfg.get("name")),
+        ("Run directory", str(run.path)),
+        ("Scenarios", ", ".join(dict.fromkeys(df["scenario"])) or "none"),
+        ("Methods", ", ".join(method_name(x) for x in dict.fromkeys(df["method"])) or "none"),
+        ("Update targets", ", ".join(target_name(x) for x in dict.fromkeys(df["target"])) or "none"),
+        ("Seeds", f"{_short(seeds)} (in results: {', '.join(map(str, data_seeds)) or 'none'})"),
+        ("Model", _short(cfg.get("model"))),
+        ("Data", _short(cfg.get("data"))),
+        ("MMBench scoring", m.get("mmbench_scoring")),
+        ("Selected celebrities", _celebrities(m.get("selected_celebrities"))),
+        ("Folds", _short(m.get("folds"))),
+        ("Started", m.get("started")),
+        ("Finished", m.get("finished")),
+        ("Duration", _duration(m.get("started"), m.get("finished"))),
+        ("Git commit", m.get("git_commit")),
+        ("Versions", _short(m.get("versions"))),
+        ("Measurements", f"{len(df)} rows, {int((df['status'] == 'diverged').sum())} diverged"),
+    ]
+    return [(k, "\u2013" if v in (None, "") else str(v)) for k, v in rows]
+
+
+def _config_section(runs: list[Run]) -> str:
+    parts = ['<section id="configuration"><h2>Run configuration</h2>']
+    per_run = [config_rows(r) for r in runs]
+    parts.append('<table class="kv"><thead><tr><th></th>')
+    parts += [f"<th>{esc(r.label)}</th>" for r in runs]
+    parts.append("</tr></thead><tbody>")
+    for i, (key, _v) in enumerate(per_run[0]):
+        parts.append(f"<tr><th>{esc(key)}</th>" + "".join(f"<td>{esc(rows[i][1])}</td>" for rows in per_run)
+                     + "</tr>")
+    parts.append("</tbody></table>")
+    for r in runs:
+        full = json.dumps(r.manifest.get("config", {}), indent=2, sort_keys=True, default=str)
+        parts.append(f"<details><summary>Full configuration of {esc(r.label)}</summary><pre>{esc(full)}</pre>"
+                     "</details>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def missing_notes(runs: list[Run], scenarios: tuple[str, ...]) -> list[str]:
+    """'No data for scenario X' lines, naming the run when there are several."""
+    out = []
+    for run in runs:
+        present = set(run.df["scenario"])
+        for scenario in scenarios:
+            if scenario not in present:
+                out.append(f"No data for scenario {scenario}" + (f" in run {run.label}." if len(runs) > 1 else "."))
+    return out
+
+
+def _figure_section(fid: str, title: str, png: bytes, alt: str, figcaption: str, notes_: list[str]) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<section id="{fid}-section"><h2>{esc(title)}</h2>'
+            + "".join(f'<p class="note">{esc(n)}</p>' for n in notes_)
+            + f'<figure><img id="{fid}" alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{figcaption}</figcaption></figure></section>")
+
+
+def table3_html(table: Table3) -> str:
+    parts = ['<section id="table3-section"><h2>Table 3: performance by task modality</h2>']
+    parts += [f'<p class="note">{esc(n)}</p>' for n in notes(table)]
+    if table.has_data:
+        runs = [r for r in table.runs if r not in table.missing]
+        multi = len(table.runs) > 1
+        hdr = ['<table id="table3"><thead>']
+        span = 3 if multi else 2
+        hdr.append(f'<tr><th rowspan="{span}">Update target</th><th rowspan="{span}">Method</th>')
+        if multi:
+            hdr += [f'<th colspan="{len(COLUMNS)}">{esc(r)}</th>' for r in runs]
+            hdr.append("</tr><tr>")
+        for _r in runs:
+            hdr.append('<th colspan="2">D<sub>unlearn</sub> (\u2193)</th><th colspan="2">D<sub>retain</sub> '
+                       '(\u2191)</th><th rowspan="2">MMBench (\u2191)</th>')
+        hdr.append("</tr><tr>")
+        for _r in runs:
+            hdr.append("<th>Multi</th><th>Text</th><th>Multi</th><th>Text</th>")
+        hdr.append("</tr></thead><tbody>")
+        parts += hdr
+        for row in table.rows:
+            target, method = row_labels(row)
+            cls = ' class="pre"' if not method else ""
+            parts.append(f"<tr{cls}><td>{esc(target)}</td><td>{esc(method)}</td>")
+            for run in runs:
+                parts += [f'<td class="num">{esc(format_cell(table.cell(run, row, key)))}</td>'
+                          for key, *_ in COLUMNS]
+            parts.append("</tr>")
+        parts.append("</tbody></table>")
+    parts.append(f'<p class="caption">{esc(caption(table))}</p></section>')
+    return "".join(parts)
+
+
+def _badge(holds) -> str:
+    if holds is True:
+        return '<span class="badge holds">holds</span>'
+    if holds is False:
+        return '<span class="badge fails">does not hold</span>'
+    return '<span class="badge nodata">no data</span>'
+
+
+def findings_html(findings: list[dict], multi: bool) -> str:
+    parts = ['<section id="findings-section"><h2>Findings check</h2>',
+             '<p class="caption">The paper\'s claims, checked against this run (seed means of accuracy as % of '
+             'the pre-unlearning accuracy; diverged measurements excluded).</p>',
+             '<table id="findings"><thead><tr>' + ("<th>Run</th>" if multi else "")
+             + "<th>ID</th><th>Claim</th><th>Result</th><th>Evidence</th></tr></thead><tbody>"]
+    for f in findings:
+        parts.append("<tr>" + (f"<td>{esc(f.get('run', ''))}</td>" if multi else "")
+                     + f"<td>{esc(f['id'])}</td><td>{esc(f['claim'])}</td><td>{_badge(f['holds'])}</td>"
+                     f"<td>{esc(f['evidence'])}</td></tr>")
+    parts.append("</tbody></table></section>")
+    return "".join(parts)
+
+
+def diverged_html(runs: list[Run]) -> str:
+    rows = []
+    for run in runs:
+        div = run.df[run.df["status"] == "diverged"]
+        for (scenario, method, target, seed), g in div.groupby(["scenario", "method", "target", "seed"],
+                                                               sort=False):
+            requests = ", ".join(str(q) for q in sorted(g["request"].unique()))
+            rows.append((run.label, scenario, method_name(method), target_name(target), seed, requests))
+    parts = ['<section id="diverged-section"><h2>Diverged measurements</h2>']
+    if not rows:
+        parts.append("<p>None: every measurement has status ok.</p></section>")
+        return "".join(parts)
+    parts.append(f"<p>Measurements with status <code>diverged</code> are excluded from every mean, interval "
+                 f"and finding; table cells that lost a seed carry {DIVERGED_MARK}, cells that lost every "
+                 "seed read 'diverged'.</p>")
+    parts.append("<table><thead><tr><th>Run</th><th>Scenario</th><th>Method</th><th>Target</th><th>Seed</th>"
+                 "<th>Requests</th></tr></thead><tbody>")
+    for row in rows:
+        parts.append("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>")
+    parts.append("</tbody></table></section>")
+    return "".join(parts)
+
+
+def render_html(runs: list[Run], table: Table3, findings: list[dict], figure4_png: bytes,
+                figure5_png: bytes) -> str:
+    labels = ", ".join(r.label for r in runs)
+    multi = len(runs) > 1
+    f4cap = ("Figure 4: the effect of the source of the unlearning target, after request 1. "
+             "D<sub>unlearn</sub>: percentage of the pre-unlearning accuracy that has been forgotten "
+             "(100 \u2212 relative); D<sub>retain</sub> and MMBench: percentage of the pre-unlearning accuracy "
+             f"kept (relative). Modality: all questions. Bars are seed means, error bars the {CI_LABEL} "
+             f"(none for a single seed). {DIVERGED_MARK}: diverged seeds excluded."
+             + (" One row of panels per run." if multi else ""))
+    f5cap = ("Figure 5: accuracy (%) on D<sub>unlearn</sub>, D<sub>retain</sub> (all questions) and MMBench "
+             "over sequential unlearning requests (sustainability scenario; request 0 = before unlearning). "
+             f"Lines are seed means; the shaded band is the {CI_LABEL}, drawn where there are at least "
+             "2 seeds; \u00d7 marks a request where every seed diverged."
+             + (" Runs are told apart by line style." if multi else ""))
+    body = [
+        "<main>",
+        "<h1>PULSE unlearning report</h1>",
+        f'<p class="sub">Run{"s" if multi else ""}: {esc(labels)}. Statistics: mean over seeds with the '
+        f"{CI_LABEL} (t<sub>0.975, n\u22121</sub> \u00b7 s / \u221an).</p>",
+        _config_section(runs),
+        _figure_section("figure4", "Figure 4: fine-tuned vs pre-trained knowledge", figure4_png,
+                        "Figure 4: grouped bars per unlearning method comparing fine-tuned and pre-trained "
+                        "knowledge: D_unlearn forgotten, D_retain kept and MMBench kept, in percent of the "
+                        "pre-unlearning accuracy", f4cap, missing_notes(runs, ("finetuned", "pretrained"))),
+        _figure_section("figure5", "Figure 5: sustainability over sequential requests", figure5_png,
+                        "Figure 5: accuracy in percent on D_unlearn, D_retain and MMBench over unlearning "
+                        "requests, one line per method", f5cap, missing_notes(runs, ("sustainability",))),
+        table3_html(table),
+        findings_html(findings, multi),
+        diverged_html(runs),
+        '<footer><div id="pulse-selfcheck" hidden data-status="pending"></div></footer>',
+        "</main>",
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>PULSE report: {esc(labels)}</title><style>{CSS}</style>"
+            f"<script>{SELFCHECK}</script></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")

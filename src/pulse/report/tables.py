@@ -1,0 +1,169 @@
+"""Table 3 of the paper: accuracy by task modality, per update target and method (fine-tuned scenario).
+
+Rows: "(Pre-unlearning)" from request 0, then target x method at request 1. Columns: D_unlearn Multi /
+Text (modality image / text), D_retain Multi / Text, MMBench. Several runs give one column group per run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+
+from .agg import Cell, main_target, method_name, select, seed_count, summarize, target_name
+from .load import Run
+from .stats import CI_LABEL
+
+SCENARIO = "finetuned"
+REQUEST = 1
+PRE = ("", "(pre-unlearning)")
+DIVERGED_MARK = "\u2020"  # dagger
+
+# (key, group, sub-column, split, modality, better)
+COLUMNS = (
+    ("unlearn_multi", "D_unlearn", "Multi", "unlearn", "image", "\u2193"),
+    ("unlearn_text", "D_unlearn", "Text", "unlearn", "text", "\u2193"),
+    ("retain_multi", "D_retain", "Multi", "retain", "image", "\u2191"),
+    ("retain_text", "D_retain", "Text", "retain", "text", "\u2191"),
+    ("mmbench", "MMBench", "", "mmbench", "all", "\u2191"),
+)
+
+
+@dataclass
+class Table3:
+    runs: list[str]
+    rows: list[tuple[str, str]]  # (target, method); PRE first
+    cells: dict[tuple[str, tuple[str, str], str], Cell] = field(default_factory=dict)
+    seeds: dict[str, int] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # runs with no fine-tuned scenario
+
+    def cell(self, run: str, row: tuple[str, str], key: str) -> Cell:
+        return self.cells.get((run, row, key), Cell())
+
+    @property
+    def has_data(self) -> bool:
+        return len(self.missing) < len(self.runs)
+
+
+def _pre_unlearning(df, split, modality) -> Cell:
+    """Request 0 is the same model for every method and target: average duplicates within a seed."""
+    return summarize(df, scenario=SCENARIO, request=0, split=split, modality=modality)
+
+
+def table3(runs: list[Run]) -> Table3:
+    rows: list[tuple[str, str]] = [PRE]
+    for run in runs:
+        ft = select(run.df, scenario=SCENARIO, request=REQUEST)
+        first = main_target(ft)
+        targets = sorted(dict.fromkeys(ft["target"]), key=lambda t: t != first)
+        for target in targets:
+            for method in dict.fromkeys(select(ft, target=target)["method"]):
+                if (target, method) not in rows:
+                    rows.append((target, method))
+    table = Table3(runs=[r.label for r in runs], rows=rows)
+    for run in runs:
+        if select(run.df, scenario=SCENARIO).empty:
+            table.missing.append(run.label)
+            continue
+        table.seeds[run.label] = seed_count(run.df, scenario=SCENARIO)
+        for key, _g, _s, split, modality, _b in COLUMNS:
+            table.cells[(run.label, PRE, key)] = _pre_unlearning(run.df, split, modality)
+            for target, method in rows[1:]:
+                table.cells[(run.label, (target, method), key)] = summarize(
+                    run.df, scenario=SCENARIO, request=REQUEST, target=target, method=method,
+                    split=split, modality=modality)
+    return table
+
+
+def format_cell(cell: Cell, digits: int = 1) -> str:
+    """'mean ± half-width' (>= 2 seeds), 'mean' (1 seed), 'diverged' (every seed diverged), '–' (no data)."""
+    if not cell.has_data:
+        return "diverged" if cell.n_diverged else "\u2013"
+    text = f"{cell.mean:.{digits}f}"
+    if cell.half is not None:
+        text += f" \u00b1 {cell.half:.{digits}f}"
+    if cell.n_diverged:
+        text += DIVERGED_MARK
+    return text
+
+
+def row_labels(row: tuple[str, str]) -> tuple[str, str]:
+    if row == PRE:
+        return "(Pre-unlearning)", ""
+    return target_name(row[0]), method_name(row[1])
+
+
+def _seeds_phrase(table: Table3) -> str:
+    counts = sorted(set(table.seeds.values()))
+    if not counts:
+        return "no seeds"
+    n = "/".join(str(c) for c in counts)
+    return f"{n} seed{'s' if counts != [1] else ''}"
+
+
+def caption(table: Table3) -> str:
+    return (f"Table 3: accuracy (%) by task modality, scenario {SCENARIO}, request {REQUEST} "
+            f"(pre-unlearning row: request 0). Mean over seeds \u00b1 half-width of the {CI_LABEL} "
+            f"({_seeds_phrase(table)}); a plain mean where only one seed. Multi = image questions, "
+            f"Text = text-only questions. {DIVERGED_MARK} = some seeds diverged and are excluded from "
+            f"the mean; 'diverged' = every seed diverged.")
+
+
+def notes(table: Table3) -> list[str]:
+    return [f"No data for scenario {SCENARIO} in run {run}." if len(table.runs) > 1
+            else f"No data for scenario {SCENARIO}." for run in table.missing]
+
+
+def _header_names(table: Table3) -> list[str]:
+    names = ["Update target", "Method"]
+    multi = len(table.runs) > 1
+    for run in table.runs:
+        for _k, group, sub, _sp, _m, better in COLUMNS:
+            name = f"{group} {sub}".strip() + f" ({better})"
+            names.append(f"{run}: {name}" if multi else name)
+    return names
+
+
+def to_markdown(table: Table3) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    lines = [f"**{caption(table)}**", ""]
+    lines += [f"_{n}_" for n in notes(table)]
+    if notes(table):
+        lines.append("")
+    if not table.has_data:
+        return "\n".join(lines).rstrip() + "\n"
+    header = _header_names(table)
+    lines.append("| " + " | ".join(esc(h) for h in header) + " |")
+    lines.append("|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|")
+    for row in table.rows:
+        cells = list(row_labels(row))
+        for run in table.runs:
+            cells += [format_cell(table.cell(run, row, key)) for key, *_ in COLUMNS]
+        lines.append("| " + " | ".join(esc(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table3) -> str:
+    """Machine-readable: one line per run x row, per column its mean, CI half-width, seeds, diverged."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = ["run", "target", "method"]
+    for key, *_ in COLUMNS:
+        header += [f"{key}_mean", f"{key}_ci95", f"{key}_seeds", f"{key}_diverged"]
+    writer.writerow(header)
+
+    def num(x):
+        return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+    for run in table.runs:
+        if run in table.missing:
+            continue
+        for row in table.rows:
+            line = [run, row[0], row[1]]
+            for key, *_ in COLUMNS:
+                c = table.cell(run, row, key)
+                line += [num(c.mean), num(c.half), c.n_seeds, c.n_diverged]
+            writer.writerow(line)
+    return out.getvalue()

@@ -1,0 +1,153 @@
+import base64
+import csv
+import json
+import re
+
+import pytest
+
+from pulse.errors import PulseError
+from pulse.report import build_report, main
+from pulse.report.figures import figure4, figure5
+from pulse.report.load import load_run
+
+FILES = ("figure4.png", "figure4.svg", "figure5.png", "figure5.svg", "table3.md", "table3.csv",
+         "findings.json", "report.html")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, synth):
+    """One run, built through the command line with the default output directory."""
+    run = synth.write_run(tmp_path_factory.mktemp("single") / "run_a", synth.make_results())
+    assert main([str(run)]) == 0
+    return run / "report"
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory, synth):
+    """Two runs: run_a complete, run_b only the fine-tuned scenario with one seed."""
+    base = tmp_path_factory.mktemp("multi")
+    a = synth.write_run(base / "run_a", synth.make_results())
+    b = synth.write_run(base / "run_b", synth.make_results(seeds=(3,), scenarios=("finetuned",)),
+                        {"config": {"name": "only-ft"}})
+    report = build_report([a, b], base / "cmp")
+    return report
+
+
+def test_build_writes_every_file(single, capsys):
+    for name in FILES:
+        assert (single / name).stat().st_size > 0, name
+    assert (single / "figure4.png").read_bytes().startswith(b"\x89PNG")
+    assert b"<svg" in (single / "figure5.svg").read_bytes()
+    assert not list(single.glob(".*.tmp"))
+
+
+def test_html_is_self_contained_with_two_figures(single):
+    html = (single / "report.html").read_text()
+    assert "http://" not in html and "https://" not in html
+    assert "example.org" in html  # the manifest's URL is shown, as text only
+    imgs = re.findall(r"<img [^>]*>", html)
+    assert len(imgs) == 2
+    for fid, tag in zip(("figure4", "figure5"), imgs):
+        assert f'id="{fid}"' in tag and 'alt="Figure' in tag
+        data = re.search(r'src="data:image/png;base64,([^"]+)"', tag).group(1)
+        assert base64.b64decode(data).startswith(b"\x89PNG")
+    assert not re.search(r"<(link|iframe|object|embed)\b", html)
+    assert not re.search(r"(src|href)=\"(?!data:)", html)
+    for text in ("95% CI, Student t", "Run configuration", "likelihood", "celeb_000 (90.0%)", "2h 34m 56s",
+                 'id="table3"', "8.7 \u00b1 11.4", "holds", "F4", "llava-hf/llava-1.5-13b-hf"):
+        assert text in html, text
+
+
+def test_findings_json(single):
+    found = json.loads((single / "findings.json").read_text())
+    assert [f["id"] for f in found] == ["F1", "F2", "F3", "F4"]
+    assert all(f["holds"] is True and f["run"] == "run_a" for f in found)
+
+
+def test_multi_run_comparison(multi):
+    out = multi.parent
+    for name in FILES:
+        assert (out / name).exists(), name
+    rows = list(csv.DictReader((out / "table3.csv").open()))
+    assert {r["run"] for r in rows} == {"run_a", "run_b"}
+    b_ga = next(r for r in rows if r["run"] == "run_b" and r["method"] == "ga" and r["target"] == "proj+llm")
+    assert float(b_ga["unlearn_multi_mean"]) == pytest.approx(7.8) and b_ga["unlearn_multi_ci95"] == ""
+    md = (out / "table3.md").read_text()
+    assert "run_a: D_unlearn Multi" in md and "run_b: MMBench" in md
+    html = multi.read_text()
+    assert "http://" not in html and "https://" not in html
+    assert html.count("<img ") == 2
+    assert html.count('<th colspan="5">') == 2  # one column group per run in Table 3
+    assert "No data for scenario pretrained in run run_b." in html
+    assert "No data for scenario sustainability in run run_b." in html
+    found = json.loads((out / "findings.json").read_text())
+    assert len(found) == 8
+    assert {f["id"]: f["holds"] for f in found if f["run"] == "run_b"} == {
+        "F1": None, "F2": None, "F3": True, "F4": True}
+
+
+def test_figures_with_missing_scenarios_say_so(tmp_path, synth):
+    run = load_run(synth.write_run(tmp_path / "r", synth.make_results(scenarios=("finetuned",))))
+    texts4 = [t.get_text() for ax in figure4([run]).axes for t in ax.texts]
+    assert any("no data for scenario pretrained" in t for t in texts4)
+    texts5 = [t.get_text() for ax in figure5([run]).axes for t in ax.texts]
+    assert "no data for scenario sustainability" in texts5
+    empty = load_run(synth.write_run(tmp_path / "e", synth.make_results(scenarios=())))
+    assert any("no data for scenarios" in t.get_text() for ax in figure4([empty]).axes for t in ax.texts)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, synth):
+    a = synth.write_run(tmp_path / "a", synth.make_results(scenarios=("finetuned",)))
+    assert main([str(a), str(a)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err
+    assert main([str(tmp_path / "missing")]) == 1
+    assert "not a directory" in capsys.readouterr().err
+    with pytest.raises(PulseError):
+        main([str(tmp_path / "missing"), "--debug"])
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda t: t.replace("modality,", "mode,", 1), "field modality: missing column"),
+    (lambda t: t.replace(",ok,", ",fine,", 1), "row 1, field status"),
+    (lambda t: t.replace(",0,unlearn,", ",x,unlearn,", 1), "field request: not an integer"),
+])
+def test_bad_results_csv_names_file_row_field(tmp_path, synth, mutate, message):
+    run = synth.write_run(tmp_path / "r", synth.make_results(scenarios=("finetuned",)))
+    path = run / "results.csv"
+    path.write_text(mutate(path.read_text()))
+    with pytest.raises(PulseError, match=re.escape(message)) as e:
+        load_run(run)
+    assert "results.csv" in str(e.value)
+
+
+def test_bad_manifest(tmp_path, synth):
+    run = synth.write_run(tmp_path / "r", synth.make_results(scenarios=("finetuned",)))
+    (run / "manifest.json").write_text('{"seeds": [0]}')
+    with pytest.raises(PulseError, match="field config"):
+        load_run(run)
+    (run / "manifest.json").write_text("{not json")
+    with pytest.raises(PulseError, match="manifest.json: not valid JSON"):
+        load_run(run)
+
+
+def test_same_named_runs_get_distinct_labels(tmp_path):
+    from pulse.report.load import run_labels
+    assert run_labels([tmp_path / "x" / "run", tmp_path / "y" / "run", tmp_path / "z"]) == [
+        "x/run", "y/run", "z"]
+
+
+def test_diverged_everywhere_is_reported(tmp_path, synth):
+    from pulse.report.figures import seeds_phrase
+    from pulse.report.html import diverged_html
+
+    df = synth.make_results()
+    hit = (df.scenario == "sustainability") & (df.method == "ga") & (df.request == 5)
+    df.loc[hit, "status"] = "diverged"
+    df.loc[hit, ["accuracy", "relative"]] = None
+    run = load_run(synth.write_run(tmp_path / "r", df))
+    labels = [t.get_text() for leg in figure5([run]).legends for t in leg.get_texts()]
+    assert "every seed diverged" in labels
+    section = diverged_html([run])
+    assert "<td>sustainability</td><td>GA</td><td>Proj,LLM</td><td>0</td><td>5</td>" in section
+    assert seeds_phrase([1]) == "1 seed (no CI)" and seeds_phrase([2, 2]) == "mean of 2 seeds, 95% CI, Student t"

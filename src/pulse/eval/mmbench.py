@@ -204,3 +204,38 @@ def circular_eval(items: list[MMBenchItem], predictions: dict[int, str]) -> dict
         "per_category": {k: summarise(v) for k, v in sorted(cats["per_category"].items())},
         "per_l2_category": {k: summarise(v) for k, v in sorted(cats["per_l2_category"].items())},
     }
+
+
+def evaluate_mmbench(lm, items: list[MMBenchItem], *, scoring: str | None = None, enc=None,
+                     max_new_tokens: int = 16, batch_size: int = 64) -> dict:
+    """Run a model on every MMBench row and score it: `circular_eval`'s dict plus "scoring" and raw predictions.
+
+    `generate` is the official protocol (the model's template — LLaVA-1.5: the vicuna system sentence —, greedy,
+    exact-match extraction). `likelihood` scores each option text after the same prompt and is non-standard
+    (see `likelihood_note`).
+    """
+    from ..models.batches import Encoder
+    from .generate import generate
+    from .likelihood import option_logps
+
+    scoring = scoring or lm.scoring
+    if scoring not in ("likelihood", "generate"):
+        raise PulseError(f"unknown scoring {scoring!r}; known: likelihood, generate")
+    enc = enc or Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype)
+    prompts = [lm.template.prompt(mmbench_message(it), image=True) for it in items]
+    if scoring == "likelihood":
+        scores = option_logps(lm.model, enc, [(p, it.image, list(it.options.values()))
+                                              for p, it in zip(prompts, items)], batch_size=batch_size)
+        preds = {it.index: list(it.options)[max(range(len(s)), key=s.__getitem__)] for it, s in zip(items, scores)}
+        raw = preds
+    else:
+        texts = generate(lm.model, enc, prompts, [[it.image] for it in items], max_new_tokens=max_new_tokens,
+                         batch_size=max(1, batch_size // 4))
+        raw = {it.index: t for it, t in zip(items, texts)}
+        preds = extract_answers(items, raw)
+    result = circular_eval(items, preds)
+    result["scoring"] = scoring
+    result["predictions"] = {str(k): v for k, v in raw.items()}
+    if scoring == "likelihood":
+        result["note"] = likelihood_note
+    return result

@@ -1,0 +1,184 @@
+"""Build the mini world end to end: data on disk, then a tiny LLaVA that learns it in two phases.
+
+1. *Pre-training* (full parameters): the celebrities (both question forms; sampled by their uneven exposure) and
+   the mini-MMBench skills (fresh training scenes) — the base model's "pre-trained knowledge".
+2. *Fine-tuning* (LoRA by default, merged afterwards; `full` optional): the fictional people from `ft_Data`, with a
+   replay share of pre-training data (as LLaVA-style instruction tuning mixes general data) so the fine-tuned model
+   keeps its celebrity and MMBench ability.
+
+Everything is read back from disk through the same readers as the real datasets. The result:
+    out/mllmu/ out/mmbench.tsv out/pretrain/ out/world.json      (data, see world.py)
+    out/models/pretrained/  out/models/finetuned/                  (standard HF checkpoints, safetensors)
+    out/build.json                                                 (config, timings, accuracies)
+The whole folder is built under a temporary name and renamed at the end: a failed build leaves nothing half-made.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..data.mllmu import read_people, read_qa_pairs
+from ..data.mmbench import read_mmbench
+from ..data.records import QAPair
+from ..errors import PulseError
+from ..eval.mcq import evaluate_mcq
+from ..eval.mmbench import evaluate_mmbench, mmbench_message
+from ..eval.prompts import mcq_prompt
+from ..models.batches import Encoder, Sample
+from ..models.load import save_model
+from .model import TinyConfig, build_tiny_llava
+from .train import train
+from .world import WorldConfig, make_world, write_world
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    world: WorldConfig = field(default_factory=WorldConfig)
+    model: TinyConfig = field(default_factory=TinyConfig)
+    seed: int = 0
+    pretrain_steps: int = 2400
+    pretrain_lr: float = 1e-3
+    mmbench_share: float = 0.4  # share of pre-training samples that are mini-MMBench questions
+    finetune: str = "lora"  # or "full"
+    finetune_steps: int = 900
+    finetune_lr: float = 2e-3
+    lora_rank: int = 16
+    replay_share: float = 0.4  # share of fine-tuning samples replayed from pre-training data
+    batch_size: int = 16
+
+
+PRESETS = {
+    "default": BuildConfig(),
+    # seconds, not minutes: for tests and CI (plumbing, not accuracy targets)
+    "small": BuildConfig(world=WorldConfig(n_fictional=10, n_celebrities=10, n_famous=5, n_mmbench=24,
+                                           n_mmbench_train=300),
+                         model=TinyConfig(vision_hidden=64, text_hidden=128, text_layers=2, text_ffn=256,
+                                          vocab_size=512),
+                         pretrain_steps=150, finetune_steps=100, lora_rank=8, batch_size=16),
+}
+
+
+def qa_samples(pairs: list[QAPair], template) -> list[Sample]:
+    return [Sample(template.prompt(p.question, image=p.form == "image"), p.answer,
+                   p.image if p.form == "image" else None) for p in pairs]
+
+
+def mmbench_samples(items, template) -> list[Sample]:
+    return [Sample(template.prompt(mmbench_message(it), image=True), it.options[it.answer], it.image) for it in items]
+
+
+def tokenizer_texts(samples, people, mmbench, template) -> list[str]:
+    """Every string the tiny model will see, formatted (tiny_llava.md §2), incl. the faithful MCQ prompts."""
+    texts = [f"{s.prompt} {s.answer}" for s in samples]
+    for p in people:
+        for m in p.image_mcqs + p.text_mcqs:
+            texts.append(mcq_prompt(m, []))
+            texts.extend(f"{template.prompt(m.question, image=m.form == 'image')} {o}" for o in m.options.values())
+    texts.extend(f"{template.prompt(mmbench_message(it), image=True)} {o}" for it in mmbench for o in it.options.values())
+    return texts
+
+
+def evaluate_world(lm, enc, data: dict) -> dict:
+    """Accuracies of one model on the mini world: fictional, famous / all celebrities, mini-MMBench."""
+    famous = [p for p in data["celebrities"] if data["exposure"][p.id] >= 1.0]
+    mmb = evaluate_mmbench(lm, data["mmbench"], enc=enc)
+    return {"fictional": evaluate_mcq(lm, data["fictional"], enc=enc).accuracy,
+            "celebrities_famous": evaluate_mcq(lm, famous, enc=enc).accuracy,
+            "celebrities_all": evaluate_mcq(lm, data["celebrities"], enc=enc).accuracy,
+            "mmbench": {"circular": mmb["circular"], "vanilla": mmb["vanilla"], "scoring": mmb["scoring"]}}
+
+
+def load_world_data(root: Path) -> dict:
+    mllmu = root / "mllmu"
+    summary = json.loads((root / "world.json").read_text())
+    return {"fictional": read_people(mllmu, "Full_Set"), "celebrities": read_people(mllmu, "Retain_Set"),
+            "ft_pairs": read_qa_pairs(mllmu, "ft_Data"), "pretrain_pairs": read_qa_pairs(root / "pretrain", "Celebrities"),
+            "mmbench": read_mmbench(root / "mmbench.tsv"), "mmbench_train": read_mmbench(root / "pretrain" / "mmbench_train.tsv"),
+            "exposure": summary["exposure"]}
+
+
+def build_mini(out, cfg: BuildConfig = BuildConfig(), log=print) -> dict:
+    """Build the mini world into `out` (must not exist). Returns the build report (also in out/build.json)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ..models.targets import target_regex
+
+    out = Path(out)
+    if out.exists():
+        raise PulseError(f"{out}: already exists; choose a new --out or delete it")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.time()
+    timings = {}
+    write_world(make_world(cfg.world), tmp)
+    data = load_world_data(tmp)
+    timings["world_s"] = round(time.time() - t0, 1)
+
+    from ..models.templates import PLAIN
+    celeb_samples = qa_samples(data["pretrain_pairs"], PLAIN)
+    mmb_samples = mmbench_samples(data["mmbench_train"], PLAIN)
+    ft_samples = qa_samples(data["ft_pairs"], PLAIN)
+    texts = tokenizer_texts(celeb_samples + mmb_samples + ft_samples, data["fictional"] + data["celebrities"],
+                            data["mmbench"], PLAIN)
+    lm = build_tiny_llava(texts, cfg.model, seed=cfg.seed)
+    enc = Encoder(lm.processor)
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    log(f"tiny LLaVA: {n_params / 1e6:.2f} M parameters, vocabulary {len(lm.tokenizer)}")
+
+    # phase 1: pre-training (celebrities by exposure + mini-MMBench skills)
+    t = time.time()
+    exposure = [data["exposure"][p.person_id] for p in data["pretrain_pairs"]]
+    pretrain_samples = celeb_samples + mmb_samples
+    pretrain_weights = _rescale(exposure + [1.0] * len(mmb_samples), len(celeb_samples), cfg.mmbench_share)
+    train(lm.model, enc, pretrain_samples, weights=pretrain_weights,
+          steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, seed=cfg.seed, batch_size=cfg.batch_size, desc="pre-training")
+    timings["pretrain_s"] = round(time.time() - t, 1)
+    save_model(lm, tmp / "models" / "pretrained", extra={"phase": "pretrained"})
+    t = time.time()
+    metrics = {"pretrained": evaluate_world(lm, enc, data)}
+    timings["eval_pretrained_s"] = round(time.time() - t, 1)
+    log(f"pre-trained: {_fmt(metrics['pretrained'])}")
+
+    # phase 2: fine-tuning on the fictional people (+ replay of pre-training data)
+    t = time.time()
+    samples = ft_samples + pretrain_samples
+    weights = _rescale([1.0] * len(ft_samples) + pretrain_weights, len(ft_samples), cfg.replay_share)
+    if cfg.finetune == "lora":
+        model = get_peft_model(lm.model, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0,
+                                                    target_modules=target_regex("proj+llm")))
+    elif cfg.finetune == "full":
+        model = lm.model
+    else:
+        raise PulseError(f"unknown finetune mode {cfg.finetune!r}; use 'lora' or 'full'")
+    train(model, enc, samples, weights=weights, steps=cfg.finetune_steps, lr=cfg.finetune_lr, seed=cfg.seed + 1,
+          batch_size=cfg.batch_size, desc="fine-tuning")
+    lm.model = model.merge_and_unload() if cfg.finetune == "lora" else model
+    timings["finetune_s"] = round(time.time() - t, 1)
+    save_model(lm, tmp / "models" / "finetuned", extra={"phase": "finetuned", "finetune": cfg.finetune})
+    metrics["finetuned"] = evaluate_world(lm, enc, data)
+    log(f"fine-tuned:  {_fmt(metrics['finetuned'])}")
+    timings["total_s"] = round(time.time() - t0, 1)
+    report = {"config": asdict(cfg), "parameters": n_params, "timings": timings, "accuracy": metrics,
+              "torch_threads": torch.get_num_threads()}
+    (tmp / "build.json").write_text(json.dumps(report, indent=2))
+    tmp.rename(out)
+    return report
+
+
+def _rescale(weights: list[float], n_main: int, share: float) -> list[float]:
+    """Scale the tail (after `n_main`) so that it receives `share` of the total weight."""
+    head, tail = sum(weights[:n_main]), sum(weights[n_main:])
+    if not tail or share <= 0:
+        return weights
+    k = share / (1 - share) * head / tail
+    return weights[:n_main] + [w * k for w in weights[n_main:]]
+
+
+def _fmt(m: dict) -> str:
+    f = lambda d: f"{d['image']:.0f}/{d['text']:.0f}"  # noqa: E731
+    return (f"fictional {f(m['fictional'])}, famous celebrities {f(m['celebrities_famous'])}, all celebrities "
+            f"{f(m['celebrities_all'])} (image/text %), mini-MMBench circular {m['mmbench']['circular']:.1f}%")

@@ -1,0 +1,44 @@
+"""MCQ evaluation on the (small, really trained) mini world: both scoring modes, predictions kept."""
+from pulse.data.mllmu import read_people
+from pulse.data.mmbench import read_mmbench
+from pulse.eval.mcq import evaluate_mcq
+from pulse.eval.mmbench import evaluate_mmbench
+from pulse.models.load import load_model
+
+
+def test_likelihood_scoring_learned_fictional_people(small_world):
+    lm = load_model(small_world / "models" / "finetuned")
+    people = read_people(small_world / "mllmu", "Full_Set")
+    res = evaluate_mcq(lm, people)
+    assert res.n == {"image": 5 * len(people), "text": 5 * len(people)}
+    assert len(res.predictions) == 10 * len(people)
+    assert all(len(p["scores"]) == 4 for p in res.predictions)
+    # chance is 25%: the fine-tuned tiny model has learned the people in both forms
+    assert res.accuracy["image"] > 50 and res.accuracy["text"] > 50
+    sub = res.for_people([people[0].id])
+    assert sub.n == {"image": 5, "text": 5}
+
+
+def test_generate_scoring_faithful_protocol(small_world):
+    lm = load_model(small_world / "models" / "finetuned")
+    people = read_people(small_world / "mllmu", "forget_15")
+    res = evaluate_mcq(lm, people, scoring="generate", demo_people=1, demo_seed=3)
+    demo = res.demo_ids["image"]
+    assert len(demo) == 1 and demo == res.demo_ids["text"]
+    # the demo person's questions are excluded from scoring
+    assert {p["person_id"] for p in res.predictions}.isdisjoint(demo)
+    assert res.n["image"] == 5 * (len(people) - 1)
+    assert all(p["prediction"] in (None, "A", "B", "C", "D") for p in res.predictions)
+    again = evaluate_mcq(lm, people, scoring="generate", demo_people=1, demo_seed=3)
+    assert again.predictions == res.predictions  # seeded and greedy: reproducible
+
+
+def test_mmbench_both_scorings(small_world):
+    lm = load_model(small_world / "models" / "pretrained")
+    items = read_mmbench(small_world / "mmbench.tsv")
+    like = evaluate_mmbench(lm, items)
+    assert like["scoring"] == "likelihood" and "non-standard" in like["note"].lower() or "never" in like["note"]
+    assert like["groups"] == len({i.group for i in items}) and like["rows"] == len(items)
+    assert 0 <= like["circular"] <= like["vanilla"] + 1e-9 or like["circular"] <= 100
+    gen = evaluate_mmbench(lm, items[:12], scoring="generate", max_new_tokens=4)
+    assert gen["scoring"] == "generate" and set(gen["predictions"]) == {str(i.index) for i in items[:12]}

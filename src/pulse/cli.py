@@ -188,7 +188,12 @@ def cmd_report(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    a = _parser().parse_args(argv)
+    parser = _parser()
+    a, extra = parser.parse_known_args(argv)
+    if extra and (a.command != "run" or any(x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # overrides given after options, e.g. `pulse run cfg.yaml --out D seeds=[0]`
+        a.args += extra
     handler = {"run": cmd_run, "eval": cmd_eval, "mmbench": cmd_mmbench, "mini": cmd_mini, "data": cmd_data,
                "report": cmd_report}[a.command]
     try:

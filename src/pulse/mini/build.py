@@ -57,7 +57,7 @@ PRESETS = {
                                            n_mmbench_train=300),
                          model=TinyConfig(vision_hidden=64, text_hidden=128, text_layers=2, text_ffn=256,
                                           vocab_size=512),
-                         pretrain_steps=150, finetune_steps=100, lora_rank=8, batch_size=16),
+                         pretrain_steps=300, finetune_steps=300, lora_rank=8, batch_size=16),
 }
 
 

@@ -42,3 +42,22 @@ def test_mmbench_both_scorings(small_world):
     assert 0 <= like["circular"] <= like["vanilla"] + 1e-9 or like["circular"] <= 100
     gen = evaluate_mmbench(lm, items[:12], scoring="generate", max_new_tokens=4)
     assert gen["scoring"] == "generate" and set(gen["predictions"]) == {str(i.index) for i in items[:12]}
+
+
+def test_shared_prefix_scoring_equals_full_sequences(small_world):
+    """The KV-cache-sharing scorer gives the same option log-probs as scoring every option as a full sequence."""
+    from pulse.eval.likelihood import option_logps, option_logps_full
+    from pulse.eval.mmbench import mmbench_message
+    from pulse.models.batches import Encoder
+
+    lm = load_model(small_world / "models" / "finetuned")
+    enc = Encoder(lm.processor)
+    items = read_mmbench(small_world / "mmbench.tsv")[:20]  # 2-, 3- and 4-option rows
+    qs = [(lm.template.prompt(mmbench_message(it), True), it.image, list(it.options.values())) for it in items]
+    people = read_people(small_world / "mllmu", "Full_Set")[:2]
+    qs += [(lm.template.prompt(m.question, m.form == "image"), p.image if m.form == "image" else None,
+            list(m.options.values())) for p in people for m in p.image_mcqs + p.text_mcqs]
+    shared, full = option_logps(lm.model, enc, qs, batch_size=16), option_logps_full(lm.model, enc, qs)
+    assert [len(s) for s in shared] == [len(f) for f in full]
+    for s, f in zip(shared, full):
+        assert s == __import__("pytest").approx(f, abs=1e-4)

@@ -58,9 +58,18 @@ def _console_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
 
 
+def test_report_of_a_real_small_run_opens_in_headless_chromium(chromium, tmp_path, small_run):
+    """The report built from a real (small) `pulse run`: every scenario, method and target present."""
+    report = build_report([small_run], tmp_path / "real")
+    _check_in_browser(chromium, tmp_path, report)
+
+
 def test_report_opens_in_headless_chromium(chromium, tmp_path, synth):
     run = synth.write_run(tmp_path / "run_a", synth.make_results())
-    report = build_report([run], tmp_path / "out")
+    _check_in_browser(chromium, tmp_path, build_report([run], tmp_path / "out"))
+
+
+def _check_in_browser(chromium, tmp_path, report):
     url = report.resolve().as_uri()
 
     dom = _run(chromium, tmp_path, "--window-size=1280,2000", "--dump-dom", url)

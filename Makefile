@@ -2,7 +2,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-OUT ?= runs/default
+OUT ?= runs/mini
 
 $(BIN)/pulse: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -61,3 +61,24 @@ def test_shared_prefix_scoring_equals_full_sequences(small_world):
     assert [len(s) for s in shared] == [len(f) for f in full]
     for s, f in zip(shared, full):
         assert s == __import__("pytest").approx(f, abs=1e-4)
+
+
+def test_shared_demo_prefix_generation_equals_full_prompts(small_world):
+    """Generating after a cached demo prefix gives the same text as generating from the full faithful prompts."""
+    from pulse.eval import prompts as P
+    from pulse.eval.generate import generate, generate_shared_prefix
+    from pulse.models.batches import Encoder
+
+    lm = load_model(small_world / "models" / "finetuned")
+    enc = Encoder(lm.processor)
+    people = sorted(read_people(small_world / "mllmu", "Full_Set"), key=lambda p: p.id)[:4]
+    for form in ("image", "text"):
+        demos, demo_imgs = P.demo_mcqs(people[:1], form), P.demo_images(people[:1], form)
+        mcqs = P.scored_mcqs(people, form, [people[0].id], demos)
+        q_imgs = [[next(p.image for p in people if p.id == m.person_id)] if form == "image" else [] for m in mcqs]
+        shared = generate_shared_prefix(lm.model, enc, "".join(P.demo_string(d, form) for d in demos), demo_imgs,
+                                        [P.mcq_prompt(m, []) for m in mcqs], q_imgs, max_new_tokens=6,
+                                        batch_size=4, stop_at_first_char=False)
+        full = generate(lm.model, enc, [P.mcq_prompt(m, demos) for m in mcqs],
+                        [demo_imgs + q for q in q_imgs], max_new_tokens=6, batch_size=4)
+        assert shared == full

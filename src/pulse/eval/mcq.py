@@ -16,7 +16,7 @@ from ..errors import PulseError
 from ..models.batches import Encoder
 from ..models.load import LoadedModel
 from . import prompts as P
-from .generate import generate
+from .generate import generate, generate_shared_prefix
 from .likelihood import option_logps
 
 SCORINGS = ("likelihood", "generate")
@@ -52,6 +52,23 @@ def _record(m: MCQ, pred: str | None, scores=None) -> dict:
     return row
 
 
+def _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size) -> list[str]:
+    """Continuations of the faithful prompts; the demo prefix (shared by every question) is computed once."""
+    query_imgs = [[images[m.person_id]] if form == "image" else [] for m in mcqs]
+    if demos:
+        prefix = "".join(P.demo_string(d, form) for d in demos)
+        try:
+            return generate_shared_prefix(lm.model, enc, prefix, demo_imgs, [P.mcq_prompt(m, []) for m in mcqs],
+                                          query_imgs, max_new_tokens=max_new_tokens,
+                                          batch_size=max(1, batch_size // 4))
+        except ValueError:  # tokenizer merges across the boundary: fall back to full prompts
+            pass
+    texts = [P.mcq_prompt(m, demos) for m in mcqs]
+    imgs = [P.mcq_images(images[m.person_id], demo_imgs) if form == "image" else [] for m in mcqs]
+    return generate(lm.model, enc, texts, imgs, max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // 4),
+                    stop_at_first_char=True)
+
+
 def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None = None, forms=FORMS,
                  enc: Encoder | None = None, demo_people: int = 1, demo_seed: int = 0,
                  demo_source: list[Person] | None = None, max_new_tokens: int = 50,
@@ -85,10 +102,7 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
             demo_imgs = P.demo_images(demo_records, form)
             mcqs = P.scored_mcqs(people, form, ids, demos)
             images = {p.id: p.image for p in people}
-            texts = [P.mcq_prompt(m, demos) for m in mcqs]
-            imgs = [P.mcq_images(images[m.person_id], demo_imgs) if form == "image" else [] for m in mcqs]
-            outs = generate(lm.model, enc, texts, imgs, max_new_tokens=max_new_tokens,
-                            batch_size=max(1, batch_size // 4), stop_at_first_char=True)
+            outs = _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size)
             for m, text in zip(mcqs, outs):
                 preds.append(_record(m, P.parse_mcq_answer(text, m.options, continuation=True)))
     return summarise(preds, demo_ids)

@@ -29,6 +29,7 @@ from ..eval.mmbench import evaluate_mmbench, mmbench_message
 from ..eval.prompts import mcq_prompt
 from ..models.batches import Encoder, Sample
 from ..models.load import save_model
+from ..models.templates import PLAIN
 from .model import TinyConfig, build_tiny_llava
 from .train import train
 from .world import WorldConfig, make_world, write_world
@@ -118,7 +119,6 @@ def build_mini(out, cfg: BuildConfig = BuildConfig(), log=print) -> dict:
     data = load_world_data(tmp)
     timings["world_s"] = round(time.time() - t0, 1)
 
-    from ..models.templates import PLAIN
     celeb_samples = qa_samples(data["pretrain_pairs"], PLAIN)
     mmb_samples = mmbench_samples(data["mmbench_train"], PLAIN)
     ft_samples = qa_samples(data["ft_pairs"], PLAIN)

@@ -21,7 +21,6 @@ import platform
 import shutil
 import subprocess
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -71,7 +70,6 @@ class Context:
         items = read_mmbench(mmbench_tsv)
         self.mmbench = subset_groups(items, cfg.eval.mmbench_groups, seed=0) if cfg.eval.mmbench_groups else items
         self.paths = {"mllmu": str(mllmu), "mmbench": str(mmbench_tsv)}
-        self._loaded: dict = {}
 
     def model(self, phase: str):
         """A fresh copy of the phase's checkpoint from disk (every cell starts from the saved weights)."""

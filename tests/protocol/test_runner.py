@@ -118,3 +118,7 @@ def test_paper_configs_validate_with_user_paths(tmp_path):
         cfg = load_config(path, [f"data.mllmu={tmp_path}/mllmu", f"data.mmbench={tmp_path}/mmbench.tsv",
                                  f"model.finetuned={tmp_path}/ft", f"model.pretrained={tmp_path}/base"])
         assert cfg.model.dtype == "bfloat16" and cfg.eval.scoring == "generate"
+
+
+def test_builtin_defaults_match_the_documented_default_config():
+    assert load_config(None) == load_config(ROOT / "configs" / "mini" / "default.yaml")

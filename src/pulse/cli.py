@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import PulseError
@@ -188,6 +189,8 @@ def cmd_report(a) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft's merge calls a transformers property deprecated in v5; harmless, and noise for users
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     parser = _parser()
     a, extra = parser.parse_known_args(argv)
     if extra and (a.command != "run" or any(x.startswith("-") for x in extra)):

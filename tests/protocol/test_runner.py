@@ -48,7 +48,8 @@ def test_manifest_records_seeds_selection_and_folds(small_run):
     assert len(folds) == cfg.scenario.sustainability.folds
     assert sum(map(len, folds)) == cfg.scenario.finetuned.unlearn
     assert {"torch", "transformers", "peft"} <= set(m["versions"]) and m["finished"]
-    assert not list(small_run.glob("cells/*/*/request*.adapter"))  # adapters removed unless save_adapters
+    assert not list(small_run.glob("cells/*/*/request*.adapter"))
+    assert "finished in" in (small_run / "run.log").read_text()  # adapters removed unless save_adapters
 
 
 def _run_cmd(out, *extra):

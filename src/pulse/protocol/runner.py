@@ -148,6 +148,7 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> Path:
     """Run (or resume) the protocol into `out`. Returns the run directory."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    log = _tee(log, out / "run.log")
     manifest_path = out / "manifest.json"
     resolved = to_dict(cfg)
     if manifest_path.is_file():
@@ -190,6 +191,7 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> Path:
             ref = _request0(ctx, scenario, seed, phase, unlearn, retain, folds)
             for method, target in plan[scenario]:
                 _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref)
+                log(f"done: {scenario} {method} {target} seed {seed}")
                 bar.update(1)
                 write_results(out)
     bar.close()
@@ -200,7 +202,20 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> Path:
     manifest["duration_s"] = round(manifest.get("duration_s", 0) + time.time() - t0, 1)
     atomic_write_json(manifest_path, manifest)
     write_results(out)
+    log(f"finished in {manifest['duration_s']} s")
     return out
+
+
+def _tee(log, path: Path):
+    """Log to the console (tqdm-safe) and append to the run directory's run.log."""
+    def say(msg: str) -> None:
+        if log is print:
+            tqdm.write(msg)
+        else:
+            log(msg)
+        with open(path, "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
+    return say
 
 
 def _plan(cfg: RunConfig) -> dict[str, list[tuple[str, str]]]:

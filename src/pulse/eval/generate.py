@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..models.batches import Encoder
+from ..models.batches import Encoder, left_pad
 
 
 class FirstCharacter(StoppingCriteria):
@@ -33,13 +33,7 @@ def prompt_batch(enc: Encoder, prompts: list[str], images: list[list[bytes]]) ->
             raise ValueError(f"prompt has {prompt.count(enc.image_token)} image placeholders, {len(imgs)} images")
         text = prompt.replace(enc.image_token, enc.image_token * enc.n_image_tokens(imgs[0])) if imgs else prompt
         rows.append(tok(text)["input_ids"])
-    width = max(map(len, rows))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        attn[i, width - len(r):] = 1
+    ids, attn = left_pad(rows, tok.pad_token_id if tok.pad_token_id is not None else 0)
     flat = [b for imgs in images for b in imgs]
     pixels = torch.stack([enc.pixels(b) for b in flat]).to(enc.device, enc.dtype) if flat else None
     return {"input_ids": ids.to(enc.device), "attention_mask": attn.to(enc.device), "pixel_values": pixels}
@@ -100,12 +94,7 @@ def generate_shared_prefix(model, enc: Encoder, prefix: str, prefix_images: list
             if full[:n_prefix] != prefix_ids:
                 raise ValueError("the tokenizer merges tokens across the shared-prefix boundary")
             rows.append(full[n_prefix:])
-        width = max(map(len, rows))
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        smask = torch.zeros_like(ids)
-        for j, r in enumerate(rows):
-            ids[j, width - len(r):] = torch.tensor(r)
-            smask[j, width - len(r):] = 1
+        ids, smask = left_pad(rows, pad)
         cache = copy.deepcopy(prefix_cache)
         cache.reorder_cache(torch.zeros(len(idx), dtype=torch.long, device=enc.device))
         mask = torch.cat([torch.ones(len(idx), n_prefix, dtype=torch.long), smask], dim=1).to(enc.device)

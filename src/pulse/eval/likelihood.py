@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.batches import Encoder, Sample, forward
+from ..models.batches import Encoder, Sample, forward, left_pad
 
 
 def _token_rows(enc: Encoder, prompt: str, image, options: list[str]) -> tuple[list[int], list[list[int]]]:
@@ -35,12 +35,7 @@ def option_logps(model, enc: Encoder, questions: list[tuple[str, bytes | None, l
     for start in range(0, len(order), per):
         idx = order[start:start + per]
         prompts, options = zip(*(_token_rows(enc, *questions[i]) for i in idx))
-        width = max(map(len, prompts))
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, p in enumerate(prompts):
-            ids[j, width - len(p):] = torch.tensor(p)
-            mask[j, width - len(p):] = 1
+        ids, mask = left_pad(list(prompts), pad)
         images = [questions[i][1] for i in idx if questions[i][1] is not None]
         kwargs = {"pixel_values": torch.stack([enc.pixels(b) for b in images]).to(enc.device, enc.dtype)} \
             if images else {}

@@ -95,6 +95,17 @@ class Encoder:
                 "labels": labels.to(self.device), "pixel_values": pixel_values}
 
 
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows left-padded to one width: (input_ids, attention_mask)."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
 def forward(model, batch: dict):
     """Model logits for a batch from `Encoder.batch` (labels are not passed: losses are ours)."""
     kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

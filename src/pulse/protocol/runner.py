@@ -263,8 +263,13 @@ def _request0(ctx, scenario, seed, phase, unlearn, retain, folds) -> dict:
     path = ctx.out / "cells" / scenario / f"request0__seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    lm, enc = ctx.model(phase)
-    mcq, mmb = ctx.evaluate(lm, enc, unlearn + retain)
+    shared = ctx.out / "cells" / "finetuned" / f"request0__seed{seed}.json"
+    if scenario == "sustainability" and shared.is_file():  # same model, same people: reuse, do not re-evaluate
+        done = json.loads(shared.read_text())
+        mcq, mmb = done["mcq"], done["mmbench"]
+    else:
+        lm, enc = ctx.model(phase)
+        mcq, mmb = ctx.evaluate(lm, enc, unlearn + retain)
     cell = {"mcq": mcq, "mmbench": mmb, "splits": _splits(scenario, unlearn, retain, folds, 0)}
     atomic_write_json(path, cell)
     return cell
@@ -273,7 +278,7 @@ def _request0(ctx, scenario, seed, phase, unlearn, retain, folds) -> dict:
 def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref) -> None:
     """All requests of one scenario × method × target × seed, resuming after the last completed one."""
     folder = ctx.out / "cells" / scenario / f"{method}__{target}__seed{seed}"
-    requests = [[p for p in f] for f in folds] if folds else [unlearn]
+    requests = folds or [unlearn]
     done = [r for r in range(1, len(requests) + 1) if (folder / f"request{r}.json").is_file()]
     last = max(done, default=0)
     if last == len(requests):

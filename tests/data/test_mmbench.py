@@ -23,7 +23,7 @@ def group(index, options, answer, hint=None, image=None, question="What is shown
 
 
 def sample():
-    return (group(0, {"A": "cat", "B": "dog", "C": "None", "D": "NA"}, "C", hint="Look closely.")
+    return (group(0, {"A": "cat", "B": "dog", "C": "None of them", "D": "none"}, "C", hint="Look closely.")
             + group(1, {"A": "yes", "B": "no"}, "B")
             + group(2, {"A": "red", "B": "green", "C": "blue"}, "A"))
 
@@ -49,7 +49,8 @@ def test_round_trip_with_references(tmp_path):
     assert table[table["index"] == "1"].iloc[0]["C"] == ""  # 2-option question: C, D empty
     back = read_mmbench(path)
     assert back == items
-    assert back[0].options["C"] == "None" and back[0].options["D"] == "NA"  # text, not missing
+    # not pandas NA strings: text (lower-case "none" is not in pandas' list; VLMEvalKit keeps it as an option)
+    assert back[0].options["C"] == "None of them" and back[0].options["D"] == "none"
     assert back[4].hint is None and list(back[4].options) == ["A", "B"]
     assert list(back[-1].options) == ["A", "B", "C"]
     assert back[5].image is back[4].image  # reference resolved to the original's bytes
@@ -144,3 +145,87 @@ def test_missing_file_and_writer_checks(tmp_path):
         write_mmbench(tmp_path / "w.tsv", [bad])
     assert_one_line(err, "w.tsv", "index 9", "field options")
     assert not (tmp_path / "w.tsv").exists()
+
+
+# --- missing cells exactly as VLMEvalKit sees them -------------------------------------------------------------
+# VLMEvalKit (open-compass/VLMEvalKit @ e8e78f05) reads a TSV with `vlmeval/smp/file.py` load_tsv and keeps an
+# option only if `not pd.isna(...)`; these two functions are copied verbatim as the oracle.
+
+def vlmeval_load_tsv(f):  # vlmeval/smp/file.py, load() -> load_tsv
+    return pd.read_csv(f, sep='\t')
+
+
+def vlmeval_build_choices(item):  # vlmeval/dataset/utils/multiple_choice.py
+    import string
+    ret = {}
+    for ch in string.ascii_uppercase:
+        if ch in item and (not pd.isna(item[ch])):
+            ret[ch] = item[ch]
+    return ret
+
+
+NA_TEXTS = ["", "None", "NA", "N/A", "nan", "NaN", "NULL", "null", "n/a", "<NA>", "#N/A", "-nan"]
+
+
+def test_pandas_na_list_is_pandas_own():
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    from pulse.data.mmbench import PANDAS_NA
+    assert PANDAS_NA == set(STR_NA_VALUES)
+
+
+def na_table(tmp_path):
+    """Rows 0..n-1: a 3-option question whose D cell is one of NA_TEXTS (and hint the same text); then rows whose
+    options/hint are near-misses that pandas keeps as text."""
+    path = tmp_path / "na.tsv"
+    write_mmbench(path, [MMBenchItem(i, "What is shown?", None, {"A": "x", "B": "y", "C": "z", "D": "w"}, "A",
+                                     "cat", "l2", png((i, 0, 0))) for i in range(len(NA_TEXTS) + 3)])
+    table = raw(path)
+    for i, text in enumerate(NA_TEXTS):
+        table.loc[i, "D"] = text
+        table.loc[i, "hint"] = text
+    near = len(NA_TEXTS)
+    for j, text in enumerate(["none", " None", "NONE"]):
+        table.loc[near + j, "D"] = text
+        table.loc[near + j, "hint"] = text
+    table.to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_na_cells_are_missing_options_as_in_vlmevalkit(tmp_path):
+    path = na_table(tmp_path)
+    items = read_mmbench(path)
+    oracle = vlmeval_load_tsv(path)
+    assert len(items) == len(oracle) == len(NA_TEXTS) + 3
+    for item, (_, row) in zip(items, oracle.iterrows()):
+        choices = vlmeval_build_choices(row)
+        assert item.options == {k: str(v) for k, v in choices.items()}, (item.index, choices)
+        assert (item.hint is None) == bool(pd.isna(row["hint"])), item.index
+    # hand-checked: "N/A" (row 3) is a missing D -> a 3-option question; "none" (lower case) stays an option
+    assert list(items[3].options) == ["A", "B", "C"] and items[3].hint is None
+    assert items[len(NA_TEXTS)].options["D"] == "none" and items[len(NA_TEXTS)].hint == "none"
+    assert items[len(NA_TEXTS) + 1].options["D"] == " None"
+
+
+def test_na_hint_gives_no_hint_line_in_the_prompt(tmp_path):
+    from pulse.eval.mmbench import mmbench_message
+    items = read_mmbench(na_table(tmp_path))
+    for item in items[:len(NA_TEXTS)] + [items[len(NA_TEXTS)], items[len(NA_TEXTS) + 2]]:
+        # pandas NA strings, and "none"/"NONE" (LLaVA's is_none lower-cases): no hint line
+        assert mmbench_message(item).startswith("What is shown?\nA. x"), item.index
+    # " None" is kept by pandas and by LLaVA's is_none (no strip): a hint line
+    assert mmbench_message(items[len(NA_TEXTS) + 1]).startswith(" None\nWhat is shown?")
+
+
+def test_writer_refuses_texts_that_read_back_as_missing(tmp_path):
+    for field, bad in (("C", MMBenchItem(1, "q", None, {"A": "x", "B": "y", "C": "N/A"}, "A", "c", "l", png(1))),
+                       ("hint", MMBenchItem(1, "q", "None", {"A": "x", "B": "y"}, "A", "c", "l", png(1)))):
+        with pytest.raises(PulseError) as err:
+            write_mmbench(tmp_path / "w.tsv", [bad])
+        assert_one_line(err, "w.tsv", "index 1", f"field {field}")
+
+
+def test_question_reading_none_keeps_its_text(tmp_path):
+    path = tmp_path / "q.tsv"
+    write_mmbench(path, group(4, {"A": "x", "B": "y"}, "A", question="None"))
+    assert [item.question for item in read_mmbench(path)] == ["None", "None"]

@@ -77,3 +77,11 @@ def test_table3_without_finetuned_says_no_data(make_table, synth):
     assert not t.has_data
     assert "No data for scenario finetuned." in to_markdown(t)
     assert to_csv(t).count("\n") == 1  # header only
+
+
+def test_method_display_names():
+    from pulse.report.agg import method_name
+
+    assert method_name("ga_klr") == "GA+KLR" and method_name("npo") == "NPO"
+    assert method_name("examples.my_method:MY_METHOD") == "MY_METHOD"
+    assert method_name("simnpo") == "SIMNPO"

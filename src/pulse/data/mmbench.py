@@ -3,6 +3,13 @@
 One row per (question, option rotation); rotated copies have index `original + k * 1_000_000`. A row's `image` is
 base64, or (64 characters or fewer) the index of another row whose image it shares. Options may be 2-4 (missing
 ones empty); `answer` is absent on the test split. Errors are one PulseError line: file, TSV line (index), field.
+
+Missing cells are decided as VLMEvalKit sees them: it reads the TSV with `pd.read_csv(f, sep="\t")` (pandas'
+default NA strings, `vlmeval/smp/file.py` `load`) and keeps an option or hint only if `not pd.isna(...)`
+(`build_choices`, `ImageMCQDataset.build_prompt`, its LLaVA wrapper). So an option, hint or answer cell reading
+exactly "", "None", "NA", "N/A", "nan", "NaN", "NULL", ... (PANDAS_NA) is absent. The other columns (question,
+category, image, index) keep their text, so a question reading "None" stays "None" (VLMEvalKit would show "nan"
+and LLaVA's script would fail on such a row).
 """
 from __future__ import annotations
 
@@ -22,6 +29,12 @@ LETTERS = ("A", "B", "C", "D")
 GROUP = 1_000_000  # group key = index % GROUP; the row with index < GROUP is the original
 REFERENCE_MAX_CHARS = 64  # an image value this short is another row's index (as VLMEvalKit does)
 REQUIRED_COLUMNS = ("index", "question", "A", "B", "category", "l2-category", "image")
+# pandas' default NA strings (`pandas._libs.parsers.STR_NA_VALUES`, pandas 2.x-3.x; the list in the read_csv docs)
+PANDAS_NA = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA",
+    "NULL", "NaN", "None", "n/a", "nan", "null",
+})
+NA_COLUMNS = (*LETTERS, "hint", "answer")  # cells VLMEvalKit tests with pd.isna; NA strings there mean "absent"
 
 
 def _one_line(text) -> str:
@@ -33,9 +46,11 @@ def _fail(loc: str, field: str, message: str):
 
 
 def _cell(rec: dict, column: str) -> str | None:
-    """A cell's text; None for an empty cell or an absent column. 'None'/'NA' stay text."""
+    """A cell's text; None for an empty cell or an absent column, and, in NA_COLUMNS, for any PANDAS_NA string."""
     value = rec.get(column)
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str) or (column in NA_COLUMNS and value in PANDAS_NA):
+        return None
+    return value
 
 
 def _decode_b64_image(text: str, loc: str) -> bytes:
@@ -57,8 +72,9 @@ def _decode_b64_image(text: str, loc: str) -> bytes:
 def read_mmbench(path) -> list[MMBenchItem]:
     """Read and validate an MMBench TSV; index-reference images are resolved to the referenced row's bytes.
 
-    Accepts `l2-category` or `L2-category`; `hint`, `C`, `D` and `answer` are optional columns and empty cells
-    mean "absent". Options must be contiguous from A (2-4 of them); the answer, if any, must be one of them.
+    Accepts `l2-category` or `L2-category`; `hint`, `C`, `D` and `answer` are optional columns, and in them (and
+    in A, B) an empty cell or a PANDAS_NA string means "absent", as VLMEvalKit reads the file. Options must be
+    contiguous from A (2-4 of them); the answer, if any, must be one of them.
     """
     path = Path(path)
     if not path.is_file():
@@ -141,9 +157,12 @@ def write_mmbench(path, items: list[MMBenchItem]) -> None:
         by_index[item.index] = item
         if tuple(item.options) != LETTERS[: len(item.options)] or len(item.options) < 2:
             _fail(loc, "options", f"need 2-4 options contiguous from A (got {', '.join(item.options)})")
-        empty = [k for k, v in item.options.items() if not v]
+        empty = [k for k, v in item.options.items() if v in PANDAS_NA]
         if empty:
-            _fail(loc, empty[0], "empty option text cannot be written (an empty cell means no option)")
+            _fail(loc, empty[0], f"option text {item.options[empty[0]]!r} cannot be written (it reads back as a "
+                  "missing option, as pandas and VLMEvalKit read the TSV)")
+        if item.hint is not None and item.hint != "" and item.hint in PANDAS_NA:
+            _fail(loc, "hint", f"hint {item.hint!r} cannot be written (it reads back as no hint); use None")
         if item.answer is not None and item.answer not in item.options:
             _fail(loc, "answer", f"{item.answer!r} is not one of {', '.join(item.options)}")
     rows = []

@@ -1,9 +1,9 @@
-"""MMBench prompt, answer extraction and CircularEval (model-free parts).
+"""MMBench prompt, answer extraction and CircularEval (model-free parts), plus `evaluate_mmbench`.
 
 Reference: /work/shared/reference/mmbench.md §2-4 and §7. The prompt is the official LLaVA-1.5 one
-(`model_vqa_mmbench.py`, `vicuna_v1`); extraction follows VLMEvalKit's exact-matching order (refusal, option
-letter, "answer is X", option text), with no LLM judge: anything unresolved is `Z` and scores 0. CircularEval
-runs at scoring time over the rotations already present in the TSV.
+(`llava/eval/model_vqa_mmbench.py`, `vicuna_v1`); extraction is VLMEvalKit's exact matching (`can_infer`,
+vlmeval/utils/matching_util.py at commit e8e78f05), with no LLM judge: anything unresolved is `Z` and scores 0.
+CircularEval runs at scoring time over the rotations already present in the TSV.
 """
 from __future__ import annotations
 
@@ -13,34 +13,39 @@ from collections import defaultdict
 
 from pulse.data.records import MMBenchItem
 from pulse.errors import PulseError
+from pulse.models.templates import VICUNA_SYSTEM
 
-SYSTEM_VICUNA = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
+SYSTEM_VICUNA = VICUNA_SYSTEM  # LLaVA `conv_vicuna_v1`: "A chat between a curious user ... the user's questions."
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
 ROTATION_STRIDE = 1_000_000
+DEFAULT_MAX_NEW_TOKENS = 1024  # LLaVA `model_vqa_mmbench.py`: max_new_tokens=1024, greedy, stops at EOS
 
 likelihood_note = (
-    "Non-standard MMBench variant: each row is scored by the log-likelihood of the option letters instead of "
-    "generating an answer and extracting it. It suits tiny models only and must never be compared with the "
-    "published LLaVA-1.5 MMBench scores (64.3 for 7B / 67.7 for 13B), which come from greedy generation, "
-    "answer extraction and CircularEval on the official prompt."
+    "Non-standard MMBench variant: each row is scored by the log-likelihood of the option texts after the prompt "
+    "instead of generating an answer and extracting it. It suits tiny models only and must never be compared "
+    "with the published LLaVA-1.5 MMBench scores (64.3 for 7B / 67.7 for 13B), which come from greedy "
+    "generation, answer extraction and CircularEval on the official prompt."
 )
 
-# VLMEvalKit `can_infer_option`: these phrasings (case-sensitive substrings) mean "no answer".
+# VLMEvalKit `can_infer_option` (matching_util.py, e8e78f05): these phrasings (case-sensitive substrings) mean
+# "no answer" -> Z.
 REFUSALS = (
     "Sorry, I can't help with images of people yet.",
     "I can't process this file.",
     "I'm sorry, but without the image provided",
     "Cannot determine the answer",
 )
+API_FAILURE = "Failed to obtain answer via API"  # can_infer_option gives up (False) on this text
 _PUNCT = ".()[],:;!*#{}"
-_ANSWER_IS = re.compile(r"(?i:\b(?:correct\s+)?answer\s*(?:is\s*:?|:)\s*)[(\[]?([A-Z])[)\]]?(?![A-Za-z0-9])")
+# VLMEvalKit `_VERBOSE_ANSWER_RE` (PR #1552, 2026-06-17), verbatim: "(correct) answer is X", case-insensitive
+# (the (?i) flag makes [ABCD] match a-d too), X may be wrapped in asterisks; first match in the text.
+VERBOSE_ANSWER_RE = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 
 
 def _has_hint(hint) -> bool:
-    return hint is not None and str(hint).strip() != "" and str(hint).strip().lower() != "nan"
+    """LLaVA `model_vqa_mmbench.is_none`: a hint is absent when missing or when it reads 'nan' / 'none' in any
+    case (the TSV reader already maps pandas' NA strings such as '', 'N/A', 'None' to None)."""
+    return hint is not None and str(hint) != "" and str(hint).lower() not in ("nan", "none")
 
 
 def mmbench_message(item: MMBenchItem) -> str:
@@ -61,31 +66,42 @@ def official_llava_prompt(item: MMBenchItem, system: str = SYSTEM_VICUNA) -> str
     return f"{system} USER: <image>\n{mmbench_message(item)} ASSISTANT:"
 
 
-def _letter_match(prediction: str, letters: list[str]) -> str | None:
-    """VLMEvalKit step: punctuation -> spaces, tokens; exactly one standalone option letter within the last
-    four tokens -> it; no option letter but a standalone `Z` -> `Z`; else None."""
+def option_letter(prediction: str, options: dict[str, str]) -> str | None:
+    """VLMEvalKit `can_infer_option` (default settings: env VERBOSE unset): a letter, `Z`, or None (= False).
+
+    1. text contains API_FAILURE -> None; a REFUSALS phrasing -> `Z`;
+    2. the punctuation `. ( ) [ ] , : ; ! * # { }` -> spaces; whitespace tokens. Exactly one option letter is a
+       token and its first occurrence is among the last four tokens -> that letter (exactly one but earlier:
+       go on to 3). No option letter but a token `Z` -> `Z`. Two or more option letters: go on to 3.
+    3. VERBOSE_ANSWER_RE's first match, upper-cased, if it is an option letter -> it;
+    4. otherwise None. Letters are case-sensitive in step 2 ("a" is not A); step 3 is case-insensitive.
+    (With VERBOSE set, VLMEvalKit also refuses a lone letter when a token "A" appears among more than three
+    tokens — "A might be a quantifier"; that is a logging switch, off by default, and not reproduced.)
+    """
+    if API_FAILURE in prediction:
+        return None
+    if any(r in prediction for r in REFUSALS):
+        return "Z"
     mod = prediction
     for c in _PUNCT:
         mod = mod.replace(c, " ")
     tokens = mod.split()
-    found = [ch for ch in letters if ch in tokens]
+    found = [ch for ch in options if ch in tokens]
     if len(found) == 1:
-        ch = found[0]
-        return ch if tokens.index(ch) > len(tokens) - 5 else None
-    if not found and "Z" in tokens:
+        if tokens.index(found[0]) > len(tokens) - 5:
+            return found[0]
+    elif not found and "Z" in tokens:
         return "Z"
+    m = VERBOSE_ANSWER_RE.search(prediction)
+    if m and m.group(1).upper() in options:
+        return m.group(1).upper()
     return None
 
 
-def _answer_is_match(prediction: str, letters: list[str]) -> str | None:
-    """`(correct) answer is X` / `answer: (X)`: the letter when exactly one distinct option letter is named."""
-    hits = {m.group(1) for m in _ANSWER_IS.finditer(prediction)} & set(letters)
-    return hits.pop() if len(hits) == 1 else None
-
-
-def _text_match(prediction: str, options: dict[str, str]) -> str | None:
-    """VLMEvalKit `can_infer_text`: exactly one option text inside the lower-cased prediction, and the
-    prediction no longer than twice the options' total length."""
+def option_text(prediction: str, options: dict[str, str]) -> str | None:
+    """VLMEvalKit `can_infer_text`: if the prediction is at most twice as long (characters) as all option texts
+    together, and exactly one option's lower-cased text is a substring of the lower-cased prediction -> that
+    letter; else None. (VLMEvalKit lower-cases the caller's dict in place; we do not mutate `options`.)"""
     low = prediction.lower()
     if len(low) > 2 * sum(len(str(v)) for v in options.values()):
         return None
@@ -93,29 +109,16 @@ def _text_match(prediction: str, options: dict[str, str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def extract_answer(prediction: str, options: dict[str, str]) -> str:
+def extract_answer(prediction, options: dict[str, str]) -> str:
     """Map a generated MMBench answer to an option letter, or `Z` (no answer; scores 0).
 
-    Exact matching in VLMEvalKit order (mmbench.md §3 steps 1-3 and 5; the LLM judge of step 4 is not run):
-    1. a known refusal phrasing (REFUSALS) -> `Z`;
-    2. punctuation `. ( ) [ ] , : ; ! * # { }` -> spaces; if exactly one option letter is a standalone token
-       (within the last four tokens) -> it; a standalone `Z` with no option letter -> `Z`;
-       else the pattern "(correct) answer is X" naming exactly one option letter -> it;
-    3. exactly one option's text occurs in the lower-cased prediction, and the prediction is at most twice as
-       long as all option texts together -> that letter;
-    5. otherwise `Z`.
-    Examples: "B", "B.", "(C) red", "The answer is A" -> the letter; "A or B", "", "I cannot answer" -> `Z`.
+    VLMEvalKit exact matching (`can_infer` = `can_infer_option` or else `can_infer_text`, on `str(prediction)`;
+    `extract_answer_from_item` with no judge model turns a failure into `Z`). See `option_letter` and
+    `option_text` for the rules. Examples (options red/blue/green/yellow): "B", "B.", "(C) red", "The answer is a"
+    -> the letter; "A or B", "", "purple" -> `Z`; "It is red." -> A.
     """
-    if prediction is None:
-        return "Z"
     prediction = str(prediction)
-    letters = list(options)
-    if any(r in prediction for r in REFUSALS):
-        return "Z"
-    for step in (_letter_match(prediction, letters), _answer_is_match(prediction, letters)):
-        if step:
-            return step
-    return _text_match(prediction, options) or "Z"
+    return option_letter(prediction, options) or option_text(prediction, options) or "Z"
 
 
 def extract_answers(items: list[MMBenchItem], generations: dict[int, str]) -> dict[int, str]:
@@ -207,35 +210,56 @@ def circular_eval(items: list[MMBenchItem], predictions: dict[int, str]) -> dict
 
 
 def evaluate_mmbench(lm, items: list[MMBenchItem], *, scoring: str | None = None, enc=None,
-                     max_new_tokens: int = 16, batch_size: int = 64) -> dict:
-    """Run a model on every MMBench row and score it: `circular_eval`'s dict plus "scoring" and raw predictions.
+                     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 64,
+                     image: str = "pad") -> dict:
+    """Run a model on every MMBench row and score it: `circular_eval`'s dict plus "scoring", "predictions"
+    ({str(index): raw output}) and "records" (one per row, in `items` order, for `--predictions`):
+    {"index", "prompt" (full text, `<image>` placeholder), "output", "prediction" (letter or `Z`)}.
 
-    `generate` is the official protocol (the model's template — LLaVA-1.5: the vicuna system sentence —, greedy,
-    exact-match extraction). `likelihood` scores each option text after the same prompt and is non-standard
-    (see `likelihood_note`).
+    `generate` is the official protocol (the model's template — LLaVA-1.5: vicuna_v1 —, greedy, at most
+    `max_new_tokens` new tokens (LLaVA: 1024), stopping at EOS; the output is stripped as LLaVA's script does,
+    then VLMEvalKit exact matching). HF `generate` ends a row at the model's `generation_config.eos_token_id`
+    and the batch once every row has ended. `likelihood` scores each option text after the same prompt and
+    is non-standard (see `likelihood_note`); its record's "output" is {"scoring": "likelihood",
+    "option_logps": {letter: summed log-prob}, "chosen": letter}.
+    `image`: "pad" = LLaVA-1.5's preprocessing (`image_aspect_ratio: pad`: pad to a square with the mean colour,
+    then the processor), "processor" = the checkpoint's processor alone (llava-hf: resize + centre crop).
     """
-    from ..models.batches import Encoder
+    from ..models.batches import Encoder, expand_to_square
     from .generate import generate
     from .likelihood import option_logps
 
     scoring = scoring or lm.scoring
     if scoring not in ("likelihood", "generate"):
         raise PulseError(f"unknown scoring {scoring!r}; known: likelihood, generate")
+    if max_new_tokens < 1:
+        raise PulseError(f"MMBench max_new_tokens must be >= 1, got {max_new_tokens}")
+    if image not in ("pad", "processor"):
+        raise PulseError(f"MMBench image preprocessing must be pad or processor, got {image!r}")
     enc = enc or Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype)
     prompts = [lm.template.prompt(mmbench_message(it), image=True) for it in items]
+    images = [expand_to_square(it.image, lm.processor) if image == "pad" else it.image for it in items]
     if scoring == "likelihood":
-        scores = option_logps(lm.model, enc, [(p, it.image, list(it.options.values()))
-                                              for p, it in zip(prompts, items)], batch_size=batch_size)
-        preds = {it.index: list(it.options)[max(range(len(s)), key=s.__getitem__)] for it, s in zip(items, scores)}
+        scores = option_logps(lm.model, enc, [(p, img, list(it.options.values()))
+                                              for p, img, it in zip(prompts, images, items)], batch_size=batch_size)
+        preds, outputs = {}, []
+        for it, s in zip(items, scores):
+            letter = list(it.options)[max(range(len(s)), key=s.__getitem__)]
+            preds[it.index] = letter
+            outputs.append({"scoring": "likelihood", "option_logps": dict(zip(it.options, map(float, s))),
+                            "chosen": letter})
         raw = preds
     else:
-        texts = generate(lm.model, enc, prompts, [[it.image] for it in items], max_new_tokens=max_new_tokens,
+        texts = generate(lm.model, enc, prompts, [[img] for img in images], max_new_tokens=max_new_tokens,
                          batch_size=max(1, batch_size // 4))
-        raw = {it.index: t for it, t in zip(items, texts)}
+        outputs = [t.strip() for t in texts]
+        raw = {it.index: t for it, t in zip(items, outputs)}
         preds = extract_answers(items, raw)
     result = circular_eval(items, preds)
     result["scoring"] = scoring
     result["predictions"] = {str(k): v for k, v in raw.items()}
+    result["records"] = [{"index": it.index, "prompt": p, "output": o, "prediction": preds[it.index]}
+                         for it, p, o in zip(items, prompts, outputs)]
     if scoring == "likelihood":
         result["note"] = likelihood_note
     return result

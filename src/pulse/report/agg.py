@@ -85,6 +85,9 @@ TARGET_PARTS = {"proj": "Proj", "llm": "LLM", "vision": "Vision", "vit": "ViT"}
 
 
 def method_name(method: str) -> str:
+    """Display name: the paper's for built-ins; a custom `module:ATTRIBUTE` reference shows its attribute."""
+    if ":" in method:
+        return method.rsplit(":", 1)[1]
     return METHOD_NAMES.get(method, method.replace("_", "+").upper())
 
 

@@ -4,7 +4,8 @@ Figure 4: per method, fine-tuned vs pre-trained knowledge at request 1 on three 
 (100 - relative), D_retain kept and MMBench kept (relative), all in % of the pre-unlearning accuracy.
 Figure 5: sustainability scenario, accuracy (%) over requests 0..K, one panel per split, one line per
 method, shaded 95% CI band (Student t) where there are >= 2 seeds. Several runs: Figure 4 gets one row of
-panels per run, Figure 5 overlays runs by line style.
+panels per run, Figure 5 overlays runs by line style. `mmbench` is the MMBench label (report.mmbench.label),
+e.g. "MMBench (CircularEval)": it names the metric in the axis, panel and title text.
 """
 from __future__ import annotations
 
@@ -23,13 +24,23 @@ SCENARIO_COLORS = {"finetuned": "#4C72B0", "pretrained": "#DD8452"}
 SCENARIO_LABELS = {"finetuned": "Fine-tuned knowledge", "pretrained": "Pre-trained knowledge"}
 METHOD_COLORS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 RUN_STYLES = ("-", "--", ":", "-.")
-FIG4_AXES = (  # (label, split, transform of relative)
+FIG4_AXES = (  # (label, split, transform of relative); "MMBench" is replaced by the metric's label
     ("D$_\\mathrm{unlearn}$\nforgotten (%)", "unlearn", lambda r: 100.0 - r),
     ("D$_\\mathrm{retain}$\nkept (%)", "retain", None),
     ("MMBench\nkept (%)", "mmbench", None),
 )
 FIG5_PANELS = (("D$_\\mathrm{unlearn}$", "unlearn"), ("D$_\\mathrm{retain}$", "retain"),
                ("MMBench", "mmbench"))
+
+
+def _metric_short(mmbench: str) -> str:
+    """'MMBench (CircularEval; ...)' -> 'MMBench (CircularEval)': the metric alone, for axis and panel text."""
+    head, _, rest = mmbench.partition(" (")
+    return f"{head} ({rest.split(';')[0].rstrip(')')})" if rest else mmbench
+
+
+def _with_metric(text: str, mmbench: str) -> str:
+    return text.replace("MMBench", _metric_short(mmbench)) if mmbench != "MMBench" else text
 
 
 def seeds_phrase(counts: list[int]) -> str:
@@ -53,7 +64,7 @@ def _diverged_note(n: int, what: str) -> str:
     return f"{DAGGER} diverged seeds are excluded from the means ({n} {what})." if n else ""
 
 
-def figure4(runs: list[Run]) -> Figure:
+def figure4(runs: list[Run], mmbench: str = "MMBench") -> Figure:
     scenarios = ("finetuned", "pretrained")
     per_run = []
     for run in runs:
@@ -104,7 +115,7 @@ def figure4(runs: list[Run]) -> Figure:
                         label, y = "diverged", 1.5
                     ax.text(x, y, label, ha="center", va="bottom", fontsize=8,
                             rotation=90 if not c.has_data else 0)
-            ax.set_xticks(range(len(FIG4_AXES)), [a[0] for a in FIG4_AXES], fontsize=9)
+            ax.set_xticks(range(len(FIG4_AXES)), [_with_metric(a[0], mmbench) for a in FIG4_AXES], fontsize=9)
             drawn.append(ax)
             ylim = (min(ylim[0], ax.get_ylim()[0], 0.0), max(ylim[1], top + 4))
             ax.set_ylabel("% of pre-unlearning accuracy")
@@ -120,14 +131,14 @@ def figure4(runs: list[Run]) -> Figure:
         ax.set_ylim(*ylim)
     tgt = ", ".join(target_name(t) for t in sorted(targets) if t) or "-"
     fig.suptitle("Figure 4: fine-tuned vs pre-trained knowledge after unlearning (request 1, target "
-                 f"{tgt})\n{seeds_phrase(counts)}", fontsize=12)
+                 f"{tgt})\n{seeds_phrase(counts)}; {mmbench}", fontsize=12)
     handles = [Patch(color=SCENARIO_COLORS[s], label=SCENARIO_LABELS[s]) for s in scenarios]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=10,
                title=_diverged_note(diverged, "bar(s) affected") or None, title_fontsize=8)
     return fig
 
 
-def figure5(runs: list[Run]) -> Figure:
+def figure5(runs: list[Run], mmbench: str = "MMBench") -> Figure:
     fig = Figure(figsize=(15, 5.2), layout="constrained")
     axes = fig.subplots(1, len(FIG5_PANELS), squeeze=False)[0]
     all_methods = list(dict.fromkeys(m for r in runs for m in methods(r.df, scenario="sustainability")))
@@ -170,7 +181,7 @@ def figure5(runs: list[Run]) -> Figure:
             side.set_visible(False)
     else:
         for ax, (title, _split) in zip(axes, FIG5_PANELS):
-            ax.set_title(title, fontsize=12)
+            ax.set_title(_with_metric(title, mmbench), fontsize=12)
             ax.set_xlabel("unlearning requests")
             ax.set_ylabel("accuracy (%)")
             ax.set_xticks(range(0, kmax + 1))
@@ -180,7 +191,7 @@ def figure5(runs: list[Run]) -> Figure:
     extra = f" (no data for scenario sustainability in {', '.join(missing)})" if missing and len(
         missing) < len(runs) else ""
     fig.suptitle(f"Figure 5: accuracy over sequential unlearning requests (sustainability, target {tgt})"
-                 f"{extra}\n{seeds_phrase(counts)}, shaded where >= 2 seeds", fontsize=12)
+                 f"{extra}\n{seeds_phrase(counts)}, shaded where >= 2 seeds; {mmbench}", fontsize=12)
     handles = [Line2D([], [], color=color[m], marker="o", lw=2, label=method_name(m)) for m in all_methods]
     if len(runs) > 1:
         handles += [Line2D([], [], color="#333333", ls=RUN_STYLES[i % len(RUN_STYLES)], label=r.label)

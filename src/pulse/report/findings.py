@@ -3,7 +3,8 @@
 Each check returns {"id", "claim", "holds", "evidence", "numbers"}: holds is True / False, or None when
 the run lacks the data; evidence is one sentence with the numbers behind the verdict; numbers holds
 them in machine-readable form. All values are seed means of `relative` (accuracy as a percent of the
-same cell at request 0); diverged measurements are excluded.
+same cell at request 0); diverged measurements are excluded. `mmbench` is the MMBench label naming the metric
+(report.mmbench.label); evidence sentences use it.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _finding(fid: str, claim: str, holds, evidence: str, numbers) -> dict:
     return {"id": fid, "claim": claim, "holds": holds, "evidence": evidence, "numbers": numbers}
 
 
-def f1_pretrained_costs_mmbench(df: pd.DataFrame) -> dict:
+def f1_pretrained_costs_mmbench(df: pd.DataFrame, mmbench: str = "MMBench") -> dict:
     claim = ("Unlearning pre-trained knowledge costs more MMBench than unlearning fine-tuned knowledge "
              "(Figure 4).")
     at1 = select(df, request=1, split="mmbench", modality="all")
@@ -44,18 +45,18 @@ def f1_pretrained_costs_mmbench(df: pd.DataFrame) -> dict:
     if not numbers:
         missing = [s for s in ("finetuned", "pretrained") if select(at1, scenario=s).empty]
         why = f"no data for scenario {' and '.join(missing)}" if missing else "no method has both scenarios"
-        return _finding("F1", claim, None, f"No data: {why} at request 1 (MMBench).", numbers)
+        return _finding("F1", claim, None, f"No data: {why} at request 1 ({mmbench}).", numbers)
     lower = sum(v["pretrained"] < v["finetuned"] for v in numbers.values())
     holds = lower > len(numbers) / 2
     parts = "; ".join(f"{method_name(m)} {_f(v['finetuned'])} vs {_f(v['pretrained'])}"
                       for m, v in numbers.items())
-    evidence = (f"MMBench kept at request 1 (% of pre-unlearning, target {target_name(target)}), "
+    evidence = (f"{mmbench} kept at request 1 (% of pre-unlearning, target {target_name(target)}), "
                 f"fine-tuned vs pre-trained: {parts}; pre-trained lower for {lower} of {len(numbers)} "
                 f"method(s).")
     return _finding("F1", claim, holds, evidence, {"target": target, "methods": numbers})
 
 
-def f2_sequential_requests_erode(df: pd.DataFrame) -> dict:
+def f2_sequential_requests_erode(df: pd.DataFrame, mmbench: str = "MMBench") -> dict:
     claim = "Sequential unlearning requests erode D_retain and MMBench (Figure 5)."
     sus = select(df, scenario="sustainability")
     target = main_target(sus)
@@ -82,14 +83,14 @@ def f2_sequential_requests_erode(df: pd.DataFrame) -> dict:
     parts = "; ".join(f"{method_name(m)} (request {v['final_request']}) D_retain {_f(v['retain_drop'])}, "
                       f"MMBench {_f(v['mmbench_drop'])}" for m, v in numbers.items())
     evidence = (f"Drop in % of pre-unlearning accuracy from request 0 to the final request: {parts}; "
-                f"mean over methods D_retain {_f(mean_retain)}, MMBench {_f(mean_mmb)} points "
+                f"mean over methods D_retain {_f(mean_retain)}, {mmbench} {_f(mean_mmb)} points "
                 f"(holds if both > {_f(F2_THRESHOLD)}).")
     return _finding("F2", claim, holds, evidence,
                     {"target": target, "methods": numbers, "mean_retain_drop": mean_retain,
                      "mean_mmbench_drop": mean_mmb, "threshold": F2_THRESHOLD})
 
 
-def f3_text_resists(df: pd.DataFrame) -> dict:
+def f3_text_resists(df: pd.DataFrame, mmbench: str = "MMBench") -> dict:
     claim = "Text-only questions resist forgetting more than image questions (Table 3)."
     unl = select(df, split="unlearn")
     cases = []
@@ -115,7 +116,7 @@ def f3_text_resists(df: pd.DataFrame) -> dict:
                     {"mean_text": text, "mean_image": image, "cases": cases})
 
 
-def f4_llm_only_hurts_mmbench(df: pd.DataFrame) -> dict:
+def f4_llm_only_hurts_mmbench(df: pd.DataFrame, mmbench: str = "MMBench") -> dict:
     claim = "Updating only the LLM hurts MMBench more than updating Proj and LLM (Table 3, GA)."
     f = dict(scenario="finetuned", method="ga", request=1, split="mmbench", modality="all")
     llm, both = _rel(df, target="llm", **f), _rel(df, target="proj+llm", **f)
@@ -125,7 +126,7 @@ def f4_llm_only_hurts_mmbench(df: pd.DataFrame) -> dict:
         return _finding("F4", claim, None,
                         f"No data: no fine-tuned GA result at request 1 for target {' and '.join(missing)}.",
                         {k: (None if math.isnan(v) else v) for k, v in numbers.items()})
-    evidence = (f"MMBench kept at request 1 (% of pre-unlearning), fine-tuned scenario, GA: "
+    evidence = (f"{mmbench} kept at request 1 (% of pre-unlearning), fine-tuned scenario, GA: "
                 f"LLM {_f(llm)} vs Proj,LLM {_f(both)}.")
     return _finding("F4", claim, bool(llm < both), evidence, numbers)
 
@@ -134,6 +135,6 @@ CHECKS = (f1_pretrained_costs_mmbench, f2_sequential_requests_erode, f3_text_res
           f4_llm_only_hurts_mmbench)
 
 
-def check_findings(df: pd.DataFrame) -> list[dict]:
+def check_findings(df: pd.DataFrame, mmbench: str = "MMBench") -> list[dict]:
     """Run every check on one run's tidy results (the frame `load_run` gives)."""
-    return [check(df) for check in CHECKS]
+    return [check(df, mmbench) for check in CHECKS]

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from .agg import method_name, target_name
 from .load import Run
+from .mmbench import PAPER_NOTE, caveat, metric_name, qualifiers
 from .stats import CI_LABEL
 from .tables import COLUMNS, DIVERGED_MARK, Table3, caption, format_cell, notes, row_labels
 
@@ -125,6 +126,8 @@ def config_rows(run: Run) -> list[tuple[str, str]]:
         ("Model", _short(cfg.get("model"))),
         ("Data", _short(cfg.get("data"))),
         ("MMBench scoring", m.get("mmbench_scoring")),
+        ("MMBench metric shown", f"{metric_name(run.mmbench)}"
+                                 + (f" ({', '.join(qualifiers(run))})" if qualifiers(run) else "")),
         ("Selected celebrities", _celebrities(m.get("selected_celebrities"))),
         ("Folds", _short(m.get("folds"))),
         ("Started", m.get("started")),
@@ -175,7 +178,7 @@ def _figure_section(fid: str, title: str, png: bytes, alt: str, figcaption: str,
 
 
 def table3_html(table: Table3) -> str:
-    parts = ['<section id="table3-section"><h2>Table 3: performance by task modality</h2>']
+    parts = [f'<section id="table3-section"><h2>Table 3: performance by task modality ({esc(table.mmbench)})</h2>']
     parts += [f'<p class="note">{esc(n)}</p>' for n in notes(table)]
     if table.has_data:
         runs = [r for r in table.runs if r not in table.missing]
@@ -188,7 +191,7 @@ def table3_html(table: Table3) -> str:
             hdr.append("</tr><tr>")
         for _r in runs:
             hdr.append('<th colspan="2">D<sub>unlearn</sub> (\u2193)</th><th colspan="2">D<sub>retain</sub> '
-                       '(\u2191)</th><th rowspan="2">MMBench (\u2191)</th>')
+                       f'(\u2191)</th><th rowspan="2">{esc(table.mmbench)} (\u2191)</th>')
         hdr.append("</tr><tr>")
         for _r in runs:
             hdr.append("<th>Multi</th><th>Text</th><th>Multi</th><th>Text</th>")
@@ -252,18 +255,34 @@ def diverged_html(runs: list[Run]) -> str:
     return "".join(parts)
 
 
+def mmbench_html(runs: list[Run], mmbench: str) -> str:
+    """Which MMBench metric this report shows, how to switch, the paper's number, and any comparability caveat."""
+    other = "vanilla" if runs and runs[0].mmbench == "circular" else "circular"
+    parts = ['<section id="mmbench-section"><h2>MMBench metric</h2>',
+             f"<p>Every MMBench value in this report is <strong>{esc(mmbench)}</strong>. CircularEval counts a "
+             "question only if every option rotation is answered correctly (VLMEvalKit's default for MMBench); "
+             "vanilla is the accuracy on the rotation-0 rows only. Switch with "
+             f"<code>pulse report RUN_DIR --mmbench {other}</code>.</p>",
+             f"<p>{esc(PAPER_NOTE)}</p>"]
+    note = caveat(runs)
+    if note:
+        parts.append(f'<p class="note">{esc(note)}</p>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def render_html(runs: list[Run], table: Table3, findings: list[dict], figure4_png: bytes,
-                figure5_png: bytes) -> str:
+                figure5_png: bytes, mmbench: str = "MMBench") -> str:
     labels = ", ".join(r.label for r in runs)
     multi = len(runs) > 1
     f4cap = ("Figure 4: the effect of the source of the unlearning target, after request 1. "
              "D<sub>unlearn</sub>: percentage of the pre-unlearning accuracy that has been forgotten "
-             "(100 \u2212 relative); D<sub>retain</sub> and MMBench: percentage of the pre-unlearning accuracy "
-             f"kept (relative). Modality: all questions. Bars are seed means, error bars the {CI_LABEL} "
+             f"(100 \u2212 relative); D<sub>retain</sub> and {esc(mmbench)}: percentage of the pre-unlearning "
+             f"accuracy kept (relative). Modality: all questions. Bars are seed means, error bars the {CI_LABEL} "
              f"(none for a single seed). {DIVERGED_MARK}: diverged seeds excluded."
              + (" One row of panels per run." if multi else ""))
-    f5cap = ("Figure 5: accuracy (%) on D<sub>unlearn</sub>, D<sub>retain</sub> (all questions) and MMBench "
-             "over sequential unlearning requests (sustainability scenario; request 0 = before unlearning). "
+    f5cap = ("Figure 5: accuracy (%) on D<sub>unlearn</sub>, D<sub>retain</sub> (all questions) and "
+             f"{esc(mmbench)} over sequential unlearning requests (sustainability scenario; request 0 = before unlearning). "
              f"Lines are seed means; the shaded band is the {CI_LABEL}, drawn where there are at least "
              "2 seeds; \u00d7 marks a request where every seed diverged."
              + (" Runs are told apart by line style." if multi else ""))
@@ -273,12 +292,13 @@ def render_html(runs: list[Run], table: Table3, findings: list[dict], figure4_pn
         f'<p class="sub">Run{"s" if multi else ""}: {esc(labels)}. Statistics: mean over seeds with the '
         f"{CI_LABEL} (t<sub>0.975, n\u22121</sub> \u00b7 s / \u221an).</p>",
         _config_section(runs),
-        _figure_section("figure4", "Figure 4: fine-tuned vs pre-trained knowledge", figure4_png,
+        mmbench_html(runs, mmbench),
+        _figure_section("figure4", f"Figure 4: fine-tuned vs pre-trained knowledge ({mmbench})", figure4_png,
                         "Figure 4: grouped bars per unlearning method comparing fine-tuned and pre-trained "
-                        "knowledge: D_unlearn forgotten, D_retain kept and MMBench kept, in percent of the "
+                        f"knowledge: D_unlearn forgotten, D_retain kept and {mmbench} kept, in percent of the "
                         "pre-unlearning accuracy", f4cap, missing_notes(runs, ("finetuned", "pretrained"))),
-        _figure_section("figure5", "Figure 5: sustainability over sequential requests", figure5_png,
-                        "Figure 5: accuracy in percent on D_unlearn, D_retain and MMBench over unlearning "
+        _figure_section("figure5", f"Figure 5: sustainability over sequential requests ({mmbench})", figure5_png,
+                        f"Figure 5: accuracy in percent on D_unlearn, D_retain and {mmbench} over unlearning "
                         "requests, one line per method", f5cap, missing_notes(runs, ("sustainability",))),
         table3_html(table),
         findings_html(findings, multi),

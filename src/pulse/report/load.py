@@ -17,12 +17,14 @@ SCENARIOS = ("finetuned", "pretrained", "sustainability")
 
 @dataclass
 class Run:
-    """One run directory: its label (the directory name), tidy results and manifest."""
+    """One run directory: its label (the directory name), tidy results and manifest; `mmbench` names the MMBench
+    metric that split "mmbench" holds once `report.mmbench.select_metric` has picked it."""
 
     label: str
     path: Path
     df: pd.DataFrame
     manifest: dict = field(default_factory=dict)
+    mmbench: str = "circular"
 
 
 def _bad(path: Path, df: pd.DataFrame, mask: pd.Series, column: str, what: str) -> PulseError:

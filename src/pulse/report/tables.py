@@ -1,7 +1,8 @@
 """Table 3 of the paper: accuracy by task modality, per update target and method (fine-tuned scenario).
 
 Rows: "(Pre-unlearning)" from request 0, then target x method at request 1. Columns: D_unlearn Multi /
-Text (modality image / text), D_retain Multi / Text, MMBench. Several runs give one column group per run.
+Text (modality image / text), D_retain Multi / Text, MMBench (named by its metric, `Table3.mmbench`, e.g.
+"MMBench (CircularEval)"). Several runs give one column group per run.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class Table3:
     cells: dict[tuple[str, tuple[str, str], str], Cell] = field(default_factory=dict)
     seeds: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # runs with no fine-tuned scenario
+    mmbench: str = "MMBench"  # the MMBench column's label, naming its metric (report.mmbench.label)
 
     def cell(self, run: str, row: tuple[str, str], key: str) -> Cell:
         return self.cells.get((run, row, key), Cell())
@@ -50,7 +52,7 @@ def _pre_unlearning(df, split, modality) -> Cell:
     return summarize(df, scenario=SCENARIO, request=0, split=split, modality=modality)
 
 
-def table3(runs: list[Run]) -> Table3:
+def table3(runs: list[Run], mmbench: str = "MMBench") -> Table3:
     rows: list[tuple[str, str]] = [PRE]
     for run in runs:
         ft = select(run.df, scenario=SCENARIO, request=REQUEST)
@@ -60,7 +62,7 @@ def table3(runs: list[Run]) -> Table3:
             for method in dict.fromkeys(select(ft, target=target)["method"]):
                 if (target, method) not in rows:
                     rows.append((target, method))
-    table = Table3(runs=[r.label for r in runs], rows=rows)
+    table = Table3(runs=[r.label for r in runs], rows=rows, mmbench=mmbench)
     for run in runs:
         if select(run.df, scenario=SCENARIO).empty:
             table.missing.append(run.label)
@@ -105,8 +107,8 @@ def caption(table: Table3) -> str:
     return (f"Table 3: accuracy (%) by task modality, scenario {SCENARIO}, request {REQUEST} "
             f"(pre-unlearning row: request 0). Mean over seeds \u00b1 half-width of the {CI_LABEL} "
             f"({_seeds_phrase(table)}); a plain mean where only one seed. Multi = image questions, "
-            f"Text = text-only questions. {DIVERGED_MARK} = some seeds diverged and are excluded from "
-            f"the mean; 'diverged' = every seed diverged.")
+            f"Text = text-only questions. MMBench column: {table.mmbench}. {DIVERGED_MARK} = some seeds "
+            f"diverged and are excluded from the mean; 'diverged' = every seed diverged.")
 
 
 def notes(table: Table3) -> list[str]:
@@ -118,7 +120,8 @@ def _header_names(table: Table3) -> list[str]:
     names = ["Update target", "Method"]
     multi = len(table.runs) > 1
     for run in table.runs:
-        for _k, group, sub, _sp, _m, better in COLUMNS:
+        for key, group, sub, _sp, _m, better in COLUMNS:
+            group = table.mmbench if key == "mmbench" else group
             name = f"{group} {sub}".strip() + f" ({better})"
             names.append(f"{run}: {name}" if multi else name)
     return names
@@ -152,7 +155,7 @@ def to_csv(table: Table3) -> str:
     header = ["run", "target", "method"]
     for key, *_ in COLUMNS:
         header += [f"{key}_mean", f"{key}_ci95", f"{key}_seeds", f"{key}_diverged"]
-    writer.writerow(header)
+    writer.writerow(header + ["mmbench_metric"])
 
     def num(x):
         return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
@@ -165,5 +168,5 @@ def to_csv(table: Table3) -> str:
             for key, *_ in COLUMNS:
                 c = table.cell(run, row, key)
                 line += [num(c.mean), num(c.half), c.n_seeds, c.n_diverged]
-            writer.writerow(line)
+            writer.writerow(line + [table.mmbench])
     return out.getvalue()

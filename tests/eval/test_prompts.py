@@ -4,6 +4,7 @@ import pytest
 from pulse.data.records import MCQ, Person
 from pulse.errors import PulseError
 from pulse.eval.prompts import (
+    answer_settled,
     demo_images,
     demo_mcqs,
     format_options,
@@ -172,3 +173,68 @@ def test_likelihood_prompt_parts():
     q, opts = likelihood_prompt_parts(mcq("image", options={"A": "x", "B": "y", "C": "z", "D": "w"}))
     assert q == "Where does this person live?"
     assert opts == ["x", "y", "z", "w"]
+
+
+# ---------------------------------------------------------------- early stop agrees with eval.py's parse
+
+
+def eval_py_parse(generated_text, options):
+    """MLLMU-Bench eval.py `evaluate_classification`, the two parse lines verbatim (commit 0e3098e)."""
+    assistant_response = generated_text.split("ASSISTANT:")[1].strip() if "ASSISTANT:" in generated_text else generated_text.strip()  # noqa: E501
+    predicted_answer = assistant_response[0].upper() if assistant_response and assistant_response[0].upper() in options else None  # noqa: E501
+    return predicted_answer
+
+
+PROMPT = mcq_prompt(mcq("text"), [mcq("text", "Demo q?", "C", "p0", 0)])
+CONTINUATIONS = ["B", " B", "A.", "ASS", "ASSISTANT: B", "\nASSISTANT:", "Assistant", "", "ASSISTANT B", " a) x",
+                 "\u3000B", "ASSISTANTASSISTANT:", "  \n  C", "The answer is B", "(B)", "ASSISTANT:ASSISTANT: B",
+                 "AS", "A", "ASSISTANT", "ASSISTANT:", " ASSISTANT: C\nASSISTANT: D", "ASSISTANT:\n", "b", "d c",
+                 "E", "\ufffdB", " \n", "ASSISTANT :B", "ASSISTANT: ", "AASSISTANT:", "\tASSISTANT:C", "ASSISTANTS"]
+
+
+@pytest.mark.parametrize("cont, expected", [
+    ("B", "B"), (" B", "B"), ("A.", "A"), ("ASS", "A"), ("ASSISTANT: B", None), ("\nASSISTANT:", None),
+    ("Assistant", "A"), ("", None), ("ASSISTANT B", "A"), ("b) Rome", "B"), ("ASSISTANTS", "A"),
+    ("ASSISTANT:ASSISTANT: B", None), ("The answer is B", None), ("\u3000C", "C"),
+])
+def test_eval_py_parse_on_prompt_plus_continuation(cont, expected):
+    """What eval.py returns on the decoded prompt + continuation: the piece between the prompt's ASSISTANT: and a
+    generated one, stripped; an empty piece is None (no exception); 'ASSISTANT: B' generated is None."""
+    assert eval_py_parse(PROMPT + cont, OPTS) == expected
+    assert parse_mcq_answer(PROMPT + cont, OPTS) == expected
+    assert parse_mcq_answer(cont, OPTS, continuation=True) == expected
+
+
+@pytest.mark.parametrize("cont", CONTINUATIONS)
+def test_parse_matches_eval_py(cont):
+    assert parse_mcq_answer(PROMPT + cont, OPTS) == eval_py_parse(PROMPT + cont, OPTS)
+    assert parse_mcq_answer(cont, OPTS, continuation=True) == eval_py_parse(PROMPT + cont, OPTS)
+
+
+def _check_sound(cont: str) -> None:
+    full = eval_py_parse(PROMPT + cont, OPTS)
+    for k in range(len(cont) + 1):
+        if answer_settled(cont[:k]):  # stopping here must give the full decode's parse
+            assert eval_py_parse(PROMPT + cont[:k], OPTS) == full, (cont, k)
+
+
+@pytest.mark.parametrize("cont", CONTINUATIONS)
+def test_early_stop_never_changes_the_parse(cont):
+    _check_sound(cont)
+
+
+def test_early_stop_random_continuations():
+    import random
+    rng = random.Random(0)
+    pieces = ["ASSISTANT:", "ASS", "IST", "ANT", ":", "A", "S", " ", "\n", "B", "c", "x", "\u3000", "\ufffd", "T"]
+    for _ in range(3000):
+        _check_sound("".join(rng.choice(pieces) for _ in range(rng.randint(0, 8))))
+
+
+@pytest.mark.parametrize("cont, settled", [
+    ("", False), ("   \n", False), (" B", True), ("b", True), ("A", False), ("ASSISTANT", False),
+    ("ASSISTANT:", True), (" ASS", False), ("Assistant", True), ("AX", True), ("ASSISTANTS", True),
+    ("\ufffd", False), (" \ufffd", False), ("A\ufffd", True), ("(B)", True), ("ASSISTANT ", True),
+])
+def test_answer_settled_table(cont, settled):
+    assert answer_settled(cont) is settled

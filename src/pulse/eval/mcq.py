@@ -44,36 +44,43 @@ def summarise(predictions: list[dict], demo_ids: dict | None = None) -> McqResul
     return McqResult(acc, n, predictions, demo_ids or {})
 
 
-def _record(m: MCQ, pred: str | None, scores=None) -> dict:
+def _record(m: MCQ, pred: str | None, scores=None, output: tuple[str, int | None] | None = None) -> dict:
     row = {"person_id": m.person_id, "form": m.form, "index": m.index, "answer": m.answer,
            "prediction": pred, "correct": pred == m.answer}
     if scores is not None:
         row["scores"] = [round(s, 4) for s in scores]
+    if output is not None:  # generate scoring: the (early-stopped) continuation and its first token id
+        row["output"], row["first_token"] = output
     return row
 
 
-def _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size) -> list[str]:
-    """Continuations of the faithful prompts; the demo prefix (shared by every question) is computed once."""
+def _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size):
+    """(continuation, first token id) of the faithful prompts; the demo prefix (shared by every question) is
+    computed once."""
     query_imgs = [[images[m.person_id]] if form == "image" else [] for m in mcqs]
     if demos:
         prefix = "".join(P.demo_string(d, form) for d in demos)
         try:
             return generate_shared_prefix(lm.model, enc, prefix, demo_imgs, [P.mcq_prompt(m, []) for m in mcqs],
                                           query_imgs, max_new_tokens=max_new_tokens,
-                                          batch_size=max(1, batch_size // 4))
-        except ValueError:  # tokenizer merges across the boundary: fall back to full prompts
+                                          batch_size=max(1, batch_size // 4), return_first_token=True)
+        except ValueError:  # tokenizer merges across the boundary, or another cache type: full prompts
             pass
     texts = [P.mcq_prompt(m, demos) for m in mcqs]
     imgs = [P.mcq_images(images[m.person_id], demo_imgs) if form == "image" else [] for m in mcqs]
     return generate(lm.model, enc, texts, imgs, max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // 4),
-                    stop_at_first_char=True)
+                    stop_at_first_char=True, return_first_token=True)
 
 
 def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None = None, forms=FORMS,
                  enc: Encoder | None = None, demo_people: int = 1, demo_seed: int = 0,
                  demo_source: list[Person] | None = None, max_new_tokens: int = 50,
                  batch_size: int = 64) -> McqResult:
-    """Accuracy (percent) per form on `people`. `demo_source` (default: `people`) supplies demo records (Full_Set)."""
+    """Accuracy (percent) per form on `people`, one evaluated set (MLLMU-Bench: one ID list per call).
+
+    Generate scoring draws `demo_people` demo people from `people`'s IDs (in their order, seeded by `demo_seed`;
+    0 = zero-shot) and takes their records from `demo_source` (MLLMU-Bench: Full_Set; default `people`).
+    """
     scoring = scoring or lm.scoring
     if scoring not in SCORINGS:
         raise PulseError(f"unknown scoring {scoring!r}; known: {', '.join(SCORINGS)}")
@@ -96,6 +103,9 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
         else:
             source = {p.id: p for p in (demo_source or people)}
             ids = P.select_demo_people([p.id for p in people], min(demo_people, len(people)), demo_seed)
+            missing = [i for i in ids if i not in source]
+            if missing:
+                raise PulseError(f"demo person {missing[0]!r}: no record in the demo source (Full_Set)")
             demo_ids[form] = ids
             demo_records = [source[i] for i in ids]
             demos = P.demo_mcqs(demo_records, form)
@@ -103,6 +113,8 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
             mcqs = P.scored_mcqs(people, form, ids, demos)
             images = {p.id: p.image for p in people}
             outs = _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size)
-            for m, text in zip(mcqs, outs):
-                preds.append(_record(m, P.parse_mcq_answer(text, m.options, continuation=True)))
+            for m, (text, first) in zip(mcqs, outs):
+                # eval.py parses the decoded prompt + continuation; the prompt's only ASSISTANT: is its last
+                preds.append(_record(m, P.parse_mcq_answer(P.mcq_prompt(m, demos) + text, m.options),
+                                     output=(text, first)))
     return summarise(preds, demo_ids)

@@ -125,13 +125,23 @@ def scored_mcqs(
     return [m for p in people if p.id not in demo_ids for m in p.mcqs(form)]
 
 
+SEPARATOR = "ASSISTANT:"
+
+
 def parse_mcq_answer(decoded: str, option_keys, *, continuation: bool = False) -> str | None:
     """Official MLLMU-Bench parsing (§9.5): the FIRST character of the answer, upper-cased, if it is an option key.
 
-    `decoded` is the decoded output. Official rule: keep the piece right after the first `ASSISTANT:`
-    (`text.split("ASSISTANT:")[1]`) when present, else the whole text; strip; first character upper-cased;
-    returned if it is in `option_keys` (a dict of options works), else None. Faithfully strict: "The answer is B"
-    parses as None (T is no key) and "(B)" as None, so both score wrong.
+    `decoded` is the decoded output. eval.py (`evaluate_classification`, both forms), line for line:
+
+        assistant_response = generated_text.split("ASSISTANT:")[1].strip() if "ASSISTANT:" in generated_text
+                             else generated_text.strip()
+        predicted_answer = assistant_response[0].upper() if assistant_response and
+                           assistant_response[0].upper() in options else None
+
+    i.e. the piece between the first and the second `ASSISTANT:` (never an exception: [1] exists whenever the
+    separator is present), stripped; an empty piece gives None (the `and` short-circuits); otherwise the first
+    character upper-cased if it is an option key (`in options` tests the dict's keys), else None. Faithfully
+    strict: "The answer is B" parses as None (T is no key) and "(B)" as None, so both score wrong.
 
     The official code decodes prompt + continuation, whose only `ASSISTANT:` is the prompt's last. If you pass
     the continuation alone, set `continuation=True`: the piece before any generated `ASSISTANT:` is used, which
@@ -141,14 +151,34 @@ def parse_mcq_answer(decoded: str, option_keys, *, continuation: bool = False) -
         return None
     text = str(decoded)
     if continuation:
-        text = text.split("ASSISTANT:")[0]
-    elif "ASSISTANT:" in text:
-        text = text.split("ASSISTANT:")[1]
+        text = text.split(SEPARATOR)[0]
+    elif SEPARATOR in text:
+        text = text.split(SEPARATOR)[1]
     text = text.strip()
     if not text:
         return None
     first = text[0].upper()
     return first if first in set(option_keys) else None
+
+
+def answer_settled(continuation: str) -> bool:
+    """True once no further generated text can change `parse_mcq_answer` of prompt + `continuation`.
+
+    The parse reads the continuation up to its first `ASSISTANT:`, stripped, and keeps its first character. With
+    s = continuation.lstrip() (Python's whitespace, as `strip`):
+    - s empty: not settled (the first character is still to come);
+    - s a proper prefix of `ASSISTANT:` ("A", "ASS", ..., "ASSISTANT"): not settled — if the model completes the
+      separator the piece becomes empty (None), otherwise the first character stands;
+    - s starts with U+FFFD: not settled — the decoder shows an incomplete multi-byte character (byte-fallback
+      tokens) that may still turn out to be whitespace (e.g. U+3000);
+    - anything else: settled (s starting with `ASSISTANT:` settles on None; no later text can move the separator
+      before the first character, since `ASSISTANT:` cannot start inside whitespace).
+    EOS or the token budget ends generation in any state; the caller then parses what it has.
+    """
+    s = continuation.lstrip()
+    if not s or s[0] == "\ufffd":
+        return False
+    return not (len(s) < len(SEPARATOR) and SEPARATOR.startswith(s))
 
 
 def likelihood_prompt_parts(mcq: MCQ) -> tuple[str, list[str]]:

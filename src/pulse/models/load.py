@@ -62,20 +62,80 @@ def check_checkpoint(path: Path) -> None:
         raise PulseError(f"{path}: no safetensors weights ({found}); PULSE loads safetensors only, never pickle")
 
 
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda if available, else cpu. Otherwise a torch device string (cpu, cuda, cuda:N, mps) that must
+    exist on this machine; anything else is a one-line PulseError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise PulseError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PulseError(f"device {device!r}: CUDA is not available on this machine (use --device auto or cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PulseError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise PulseError(f"device {device!r}: MPS is not available on this machine (use --device auto or cpu)")
+    elif dev.type != "cpu":
+        raise PulseError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """"auto" -> bfloat16 on CUDA (float16 on a GPU without bf16 support), float32 elsewhere; or a DTYPES name."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise PulseError(f"unknown dtype {dtype!r}; known: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def default_scoring(path) -> str:
+    """The checkpoint's default MCQ/MMBench scoring: its sidecar's, else "generate" (LLaVA-1.5's protocols)."""
+    sidecar = Path(path) / SIDECAR
+    try:
+        return json.loads(sidecar.read_text()).get("scoring", "generate") if sidecar.is_file() else "generate"
+    except (OSError, ValueError, AttributeError):
+        return "generate"
+
+
+def check_device_dtype(device: str, dtype: str) -> None:
+    """Spelling-only check (no hardware probe), for configs validated on another machine than the run's."""
+    if dtype != "auto" and dtype not in DTYPES:
+        raise PulseError(f"unknown dtype {dtype!r}; known: auto, {', '.join(DTYPES)}")
+    if device == "auto":
+        return
+    try:
+        ok = torch.device(device).type in ("cpu", "cuda", "mps")
+    except (RuntimeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise PulseError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
 def load_model(path, *, dtype: str = "float32", device: str = "cpu", template=None,
                trust_remote_code: bool = False) -> LoadedModel:
-    """Load model + processor from a local checkpoint directory (or a hub ID when the user has network access)."""
+    """Load model + processor from a local checkpoint directory (or a hub ID when the user has network access).
+
+    `device` and `dtype` accept "auto" (`resolve_device`, `resolve_dtype`): cuda + bfloat16 when a GPU is there,
+    cpu + float32 otherwise.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = Path(path)
     check_checkpoint(path)
-    if dtype not in DTYPES:
-        raise PulseError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
     sidecar = json.loads((path / SIDECAR).read_text()) if (path / SIDECAR).is_file() else {}
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=DTYPES[dtype], use_safetensors=True, trust_remote_code=trust_remote_code)
+            path, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise PulseError(f"{path}: cannot load checkpoint: {str(e).splitlines()[0]}") from None
     model.to(device).eval()

@@ -1,4 +1,6 @@
 """One unlearning request on the small mini world: reference = adapter disabled, GA forgets, NaN -> diverged."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,7 +10,15 @@ from pulse.eval.likelihood import option_logps
 from pulse.models.batches import Encoder
 from pulse.models.load import load_model
 from pulse.protocol.scenarios import pair_samples
-from pulse.unlearn.loop import UnlearnConfig, apply_saved, check_method_mode, unlearn_request
+from pulse.config import load_config
+from pulse.unlearn.loop import apply_saved, check_method_mode, unlearn_request
+
+MINI = load_config(None).unlearn  # the mini's recipe: lr 1e-3, batch 16, constant, clip 1.0, r8/α16
+
+
+def UnlearnConfig(**kw):  # noqa: N802
+    """The mini's recipe with a fixed step budget (these tests count steps)."""
+    return replace(MINI, **{"budget": "steps", **kw})
 
 
 @pytest.fixture

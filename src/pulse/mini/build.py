@@ -5,6 +5,8 @@
 2. *Fine-tuning* (LoRA by default, merged afterwards; `full` optional): the fictional people from `ft_Data`, with a
    replay share of pre-training data (as LLaVA-style instruction tuning mixes general data) so the fine-tuned model
    keeps its celebrity and MMBench ability.
+Both phases run through the fine-tuning code of `pulse finetune` (`unlearn.finetune.train_on`), with the mini's own
+recipes (mini/train.py) recorded in build.json.
 
 Everything is read back from disk through the same readers as the real datasets. The result:
     out/mllmu/ out/mmbench.tsv out/pretrain/ out/world.json      (data, see world.py)
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..data.mllmu import read_people, read_qa_pairs
@@ -29,9 +31,11 @@ from ..eval.mmbench import evaluate_mmbench, mmbench_message
 from ..eval.prompts import mcq_prompt
 from ..models.batches import Encoder, Sample
 from ..models.load import save_model
+from ..config import FinetuneSection
 from ..models.templates import PLAIN
+from ..unlearn.finetune import train_on
 from .model import TinyConfig, build_tiny_llava
-from .train import train
+from .train import finetune_recipe, pretrain_recipe
 from .world import WorldConfig, make_world, write_world
 
 
@@ -39,16 +43,11 @@ from .world import WorldConfig, make_world, write_world
 class BuildConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     model: TinyConfig = field(default_factory=TinyConfig)
-    seed: int = 0
-    pretrain_steps: int = 2400
-    pretrain_lr: float = 1e-3
+    seed: int = 0  # the recipes' seeds are replaced by seed (pre-training) and seed + 1 (fine-tuning)
     mmbench_share: float = 0.4  # share of pre-training samples that are mini-MMBench questions
-    finetune: str = "lora"  # or "full"
-    finetune_steps: int = 900
-    finetune_lr: float = 2e-3
-    lora_rank: int = 16
     replay_share: float = 0.4  # share of fine-tuning samples replayed from pre-training data
-    batch_size: int = 16
+    pretrain: FinetuneSection = field(default_factory=pretrain_recipe)
+    finetune: FinetuneSection = field(default_factory=finetune_recipe)  # mode lora (proj+llm) or full
 
 
 PRESETS = {
@@ -58,7 +57,7 @@ PRESETS = {
                                            n_mmbench_train=300),
                          model=TinyConfig(vision_hidden=64, text_hidden=128, text_layers=2, text_ffn=256,
                                           vocab_size=512),
-                         pretrain_steps=300, finetune_steps=300, lora_rank=8, batch_size=16),
+                         pretrain=pretrain_recipe(steps=300), finetune=finetune_recipe(steps=300, lora_rank=8)),
 }
 
 
@@ -104,9 +103,6 @@ def load_world_data(root: Path) -> dict:
 def build_mini(out, cfg: BuildConfig = BuildConfig(), log=print) -> dict:
     """Build the mini world into `out` (must not exist). Returns the build report (also in out/build.json)."""
     import torch
-    from peft import LoraConfig, get_peft_model
-
-    from ..models.targets import target_regex
 
     out = Path(out)
     if out.exists():
@@ -134,8 +130,8 @@ def build_mini(out, cfg: BuildConfig = BuildConfig(), log=print) -> dict:
     exposure = [data["exposure"][p.person_id] for p in data["pretrain_pairs"]]
     pretrain_samples = celeb_samples + mmb_samples
     pretrain_weights = _rescale(exposure + [1.0] * len(mmb_samples), len(celeb_samples), cfg.mmbench_share)
-    train(lm.model, enc, pretrain_samples, weights=pretrain_weights,
-          steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, seed=cfg.seed, batch_size=cfg.batch_size, desc="pre-training")
+    pretrain = replace(cfg.pretrain, seed=cfg.seed)
+    lm.model, _ = train_on(lm.model, enc, pretrain_samples, pretrain, weights=pretrain_weights, desc="pre-training")
     timings["pretrain_s"] = round(time.time() - t, 1)
     save_model(lm, tmp / "models" / "pretrained", extra={"phase": "pretrained"})
     t = time.time()
@@ -147,22 +143,17 @@ def build_mini(out, cfg: BuildConfig = BuildConfig(), log=print) -> dict:
     t = time.time()
     samples = ft_samples + pretrain_samples
     weights = _rescale([1.0] * len(ft_samples) + pretrain_weights, len(ft_samples), cfg.replay_share)
-    if cfg.finetune == "lora":
-        model = get_peft_model(lm.model, LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, lora_dropout=0.0,
-                                                    target_modules=target_regex("proj+llm")))
-    elif cfg.finetune == "full":
-        model = lm.model
-    else:
-        raise PulseError(f"unknown finetune mode {cfg.finetune!r}; use 'lora' or 'full'")
-    train(model, enc, samples, weights=weights, steps=cfg.finetune_steps, lr=cfg.finetune_lr, seed=cfg.seed + 1,
-          batch_size=cfg.batch_size, desc="fine-tuning")
-    lm.model = model.merge_and_unload() if cfg.finetune == "lora" else model
+    finetune = replace(cfg.finetune, seed=cfg.seed + 1)
+    if finetune.mode not in ("lora", "full"):
+        raise PulseError(f"unknown finetune mode {finetune.mode!r}; use 'lora' or 'full'")
+    lm.model, _ = train_on(lm.model, enc, samples, finetune, weights=weights, desc="fine-tuning")
     timings["finetune_s"] = round(time.time() - t, 1)
-    save_model(lm, tmp / "models" / "finetuned", extra={"phase": "finetuned", "finetune": cfg.finetune})
+    save_model(lm, tmp / "models" / "finetuned", extra={"phase": "finetuned", "finetune": finetune.mode})
     metrics["finetuned"] = evaluate_world(lm, enc, data)
     log(f"fine-tuned:  {_fmt(metrics['finetuned'])}")
     timings["total_s"] = round(time.time() - t0, 1)
-    report = {"config": asdict(cfg), "parameters": n_params, "timings": timings, "accuracy": metrics,
+    report = {"config": asdict(cfg), "recipes": {"pretrain": asdict(pretrain), "finetune": asdict(finetune)},
+              "parameters": n_params, "timings": timings, "accuracy": metrics,
               "torch_threads": torch.get_num_threads()}
     (tmp / "build.json").write_text(json.dumps(report, indent=2))
     tmp.rename(out)

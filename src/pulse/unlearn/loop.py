@@ -1,54 +1,392 @@
-"""One unlearning request: batches in, loss from the method registry, optimizer step, done.
+"""The one training loop of PULSE — unlearning requests, `pulse finetune` and the mini world's two training phases
+all run `fit` — plus what surrounds it: batch plans, the update (LoRA or full), fp32 master layers, checkpoints.
 
-The model arrives as plain weights (the model before this request). A fresh LoRA adapter on the update target is
-trained and merged at the end, so the next request starts from — and uses as reference — the model after this one.
-The reference is the same weights with the adapter disabled (no copy); the forget set's reference log-probs are
-computed once per request and reused across steps. `mode="full"` updates the target's parameters directly (no
-adapter); then only methods without a per-step reference (ga, grad_diff, npo, simnpo, idk) are allowed.
+The optimisation recipe (`config.Recipe`) defaults to MLLMU-Bench's `baselines/` and `finetune.py`:
+- budget: `epochs` × ceil(n / batch_size) optimizer steps per request (torch `DataLoader(shuffle=True)`: a fresh
+  permutation per epoch, the last batch of an epoch smaller); `budget: steps` runs `steps` full batches cycling
+  through fresh permutations. Methods with a retain term draw one full retain batch per forget batch, cycling.
+  Batch plans are computed from the seed up front, so a resumed run continues the same order.
+- AdamW (torch's, with transformers.AdamW's eps 1e-6 and weight decay 0 by default); lr multiplier per step s of T
+  (warm-up w): (s + 1)/w while s < w, then `linear` m + (1 − m)·(T − s)/(T − w) (HF get_linear_schedule_with_warmup
+  at m = 0), `cosine` m + (1 − m)·½(1 + cos(π(s − w)/(T − w))), or `constant` 1; stepped after every batch.
+  Gradient clipping only when `clip` is set.
+- Train mode, as MLLMU-Bench (`model.train()`), so LoRA dropout applies. Every other dropout the model has is
+  recorded in the result (`train_mode_dropout.other`; LLaVA-1.5's configs have none: attention dropout 0). Reference
+  passes (NPO's log-probs, KL's logits) run in eval mode with the adapter disabled.
+- `master_fp32` (half-precision models): the updated layers are held in fp32 — weights cast up, inputs cast up and
+  outputs cast back by hooks — so LoRA trains against and merges into fp32 weights and the layers stay fp32 across
+  sequential requests. A bf16 merge otherwise rounds away about a third of a 1e-4-sized update (tests pin both).
+  Memory: the target layers take 4 bytes per weight instead of 2 (LLaVA-1.5-7B LLM linears ≈ 6.5 B weights:
+  +13 GB; 13B ≈ 12.7 B: +25 GB). MLLMU-Bench holds the whole model in fp32 (peft's prepare_model_for_kbit_training).
+- `gradient_checkpointing`: `gradient_checkpointing_enable()` (transformers 5: `activation_checkpointing_enable`,
+  non-reentrant) + `enable_input_require_grads()` (without it, LoRA with reentrant checkpointing trains nothing:
+  open-unlearning #178); undone after the request.
+
+One unlearning request: a fresh LoRA adapter on the update target is trained and merged at the end, so the next
+request starts from — and uses as reference — the model after this one. The reference is the same weights with
+the adapter disabled (no copy); NPO's forget-set reference log-probs are computed once per request, in batches of
+the recipe's batch size. `mode="full"` updates the target's parameters directly; then only methods without a
+per-step reference (ga, grad_diff, npo, simnpo, idk) are allowed.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 import random
+import re
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import Recipe
 from ..errors import PulseError
 from ..models.batches import Encoder, Sample, forward
 from ..models.targets import full_parameter_names, target_regex
 from .losses import sequence_logps_sum
 from .methods import IDK_ANSWERS, Outputs, get_method, method_loss
 
+HALF = (torch.float16, torch.bfloat16)
 
-@dataclass(frozen=True)
-class UnlearnConfig:
-    steps: int = 20
-    lr: float = 1e-3
-    batch_size: int = 16
-    mode: str = "lora"  # "lora" or "full"
-    lora_rank: int = 8
-    lora_alpha: int = 16
-    mask: str = "answer"  # "answer" (default) or "sequence" (MLLMU-Bench's whole-sequence labels)
-    params: dict = field(default_factory=dict)  # method hyper-parameters, e.g. {"beta": 0.1}
 
+# --- batch plans --------------------------------------------------------------------------------------------------
+
+def steps_for(n: int, r: Recipe) -> int:
+    """Optimizer steps for n samples: epochs × ceil(n / batch_size), or `steps`."""
+    return r.epochs * math.ceil(n / r.batch_size) if r.budget == "epochs" else r.steps
+
+
+def epoch_plan(n: int, batch_size: int, epochs: int, seed) -> list[list[int]]:
+    """DataLoader(shuffle=True, drop_last=False): per epoch a fresh permutation, cut into batches (last smaller)."""
+    rng = np.random.default_rng(seed)
+    plan = []
+    for _ in range(epochs):
+        order = rng.permutation(n).tolist()
+        plan += [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return plan
+
+
+def cycle_plan(n: int, batch_size: int, steps: int, seed) -> list[list[int]]:
+    """`steps` batches of min(batch_size, n) indices cycling through fresh permutations of n samples."""
+    rng = np.random.default_rng(seed)
+    plan, order = [], []
+    for _ in range(steps):
+        while len(order) < min(batch_size, n):
+            order.extend(rng.permutation(n).tolist())
+        plan.append(order[:batch_size])
+        order = order[batch_size:]
+    return plan
+
+
+def batch_plan(n: int, r: Recipe, seed) -> list[list[int]]:
+    if n < 1:
+        raise PulseError("nothing to train on: the sample set is empty")
+    if r.budget == "epochs":
+        return epoch_plan(n, r.batch_size, r.epochs, seed)
+    return cycle_plan(n, r.batch_size, r.steps, seed)
+
+
+def weighted_plan(samples: list[Sample], weights, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """The mini world's replay sampler: every batch is homogeneous — text-only samples, or image samples of one
+    prompt-length class — so short samples are not padded to the longest (2–3× faster on CPU). Each step picks a
+    group with probability equal to its share of the total weight, then `batch_size` distinct samples within it
+    by weight."""
+    rng = np.random.default_rng(seed)
+    w = np.asarray(weights, dtype=float)
+    groups = _groups(samples, w, batch_size)
+    group_p = np.array([w[g].sum() for g in groups])
+    group_p /= group_p.sum()
+    plan = []
+    for _ in range(steps):
+        g = groups[rng.choice(len(groups), p=group_p)]
+        plan.append(rng.choice(g, size=min(batch_size, len(g)), replace=False, p=w[g] / w[g].sum()).tolist())
+    return plan
+
+
+def _groups(samples: list[Sample], w: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Indices grouped by (has image, prompt length class); groups smaller than a batch are merged."""
+    keys: dict[tuple, list[int]] = {}
+    for i, s in enumerate(samples):
+        if w[i] > 0:
+            keys.setdefault((s.image is not None, len(s.prompt) // 64), []).append(i)
+    groups, spill = [], []
+    for key in sorted(keys):
+        (groups if len(keys[key]) >= batch_size else spill).append(keys[key])
+    if spill:
+        merged = [i for part in spill for i in part]
+        if groups and len(merged) < batch_size:
+            groups[-1] = groups[-1] + merged
+        else:
+            groups.append(merged)
+    return [np.asarray(g) for g in groups]
+
+
+# --- the update: fp32 master layers, LoRA or full, train mode ----------------------------------------------------
+
+def hold_fp32(model, target: str | None) -> int:
+    """Hold the target's modules in fp32 when they are half precision: parameters cast up, floating inputs cast up
+    (forward pre-hook), outputs cast back to the half dtype (forward hook). Idempotent (marked per module). Target
+    None/"all" casts the whole model instead (as MLLMU-Bench does). Returns the number of modules converted."""
+    if target in (None, "all"):
+        if any(p.dtype in HALF for p in model.parameters()):
+            model.float()
+            return 1
+        return 0
+    pattern = re.compile(target_regex(target))
+    n = 0
+    for name, m in model.named_modules():
+        if not pattern.fullmatch(name) or getattr(m, "_pulse_fp32", None) is not None:
+            continue
+        half = [p.dtype for p in m.parameters() if p.dtype in HALF]
+        if not half:
+            continue
+        out_dtype = half[0]
+        m.float()
+        pre = m.register_forward_pre_hook(
+            lambda mod, args: tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+        post = m.register_forward_hook(lambda mod, args, out, d=out_dtype: out.to(d))
+        m._pulse_fp32 = (out_dtype, pre, post)
+        n += 1
+    return n
+
+
+def release_fp32(model, dtype: torch.dtype | None = None) -> None:
+    """Undo `hold_fp32` (remove the hooks) and cast those modules to `dtype` (default: their original half dtype)."""
+    for _, m in model.named_modules():
+        held = getattr(m, "_pulse_fp32", None)
+        if held is not None:
+            out_dtype, pre, post = held
+            pre.remove()
+            post.remove()
+            m.to(dtype or out_dtype)
+            m._pulse_fp32 = None
+
+
+def dropout_report(model) -> dict:
+    """Dropout that train mode switches on: LoRA's, and every other nn.Dropout / config `*dropout*` value > 0."""
+    lora, other = {}, {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Dropout) and m.p > 0:
+            (lora if ".lora_dropout." in f".{name}." else other)[name] = m.p
+
+    def walk(d: dict, prefix: str):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif "dropout" in str(k) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0:
+                other[f"config.{prefix}{k}"] = v
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        walk(config.to_dict(), "")
+    return {"lora": sorted(set(lora.values())), "other": other}
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Temporarily in eval mode (reference passes), then back to the previous mode."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def _hf_model(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def prepare(model, target: str | None, r: Recipe, mode: str, seed: int):
+    """The model ready to train: (model — a peft model in LoRA mode —, [(name, trainable parameter)], info)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    n_fp32 = hold_fp32(model, target) if r.master_fp32 else 0
+    if mode == "lora":
+        init = "gaussian" if r.lora_init == "gaussian" else True
+        model = get_peft_model(model, LoraConfig(r=r.lora_rank, lora_alpha=r.lora_alpha, lora_dropout=r.lora_dropout,
+                                                 target_modules=target_regex(target), init_lora_weights=init))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    else:
+        names = {n for n, _ in model.named_parameters()} if target in (None, "all") \
+            else set(full_parameter_names(model, target))
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in names)
+        named = [(n, p) for n, p in model.named_parameters() if n in names]
+    if r.gradient_checkpointing:
+        hf = _hf_model(model)
+        (getattr(hf, "activation_checkpointing_enable", None) or hf.gradient_checkpointing_enable)()
+        if not getattr(hf, "_require_grads_hooks", None):  # transformers 5 registers it itself for LLaVA
+            hf.enable_input_require_grads()
+    model.train()
+    info = {"mode": mode, "target": target, "trainable_parameters": sum(p.numel() for _, p in named),
+            "master_fp32_modules": n_fp32, "train_mode_dropout": dropout_report(model),
+            "gradient_checkpointing": r.gradient_checkpointing}
+    return model, named, info
+
+
+def finish(model, mode: str, r: Recipe):
+    """Merge the adapter (in fp32 under master_fp32), freeze, eval mode."""
+    if r.gradient_checkpointing:
+        hf = _hf_model(model)
+        (getattr(hf, "activation_checkpointing_disable", None) or hf.gradient_checkpointing_disable)()
+        hf.disable_input_require_grads()
+        hf._require_grads_hooks = []
+    if mode == "lora":
+        model = model.merge_and_unload()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return model
+
+
+# --- the loop -----------------------------------------------------------------------------------------------------
+
+def lr_factor(step: int, total: int, r: Recipe) -> float:
+    """The lr multiplier for optimizer step `step` (0-based) of `total` (see the module docstring)."""
+    w = r.warmup_steps
+    if step < w:
+        return (step + 1) / w
+    if r.schedule == "constant":
+        return 1.0
+    t = (step - w) / max(1, total - w)
+    decay = max(0.0, 1.0 - t) if r.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * t))
+    return r.min_lr_ratio + (1 - r.min_lr_ratio) * decay
+
+
+def fit(named: list[tuple[str, torch.nn.Parameter]], plan: list, loss_fn, r: Recipe, *, ckpt: "Checkpoints | None" = None,
+        desc: str = "train", leave: bool = False, on_step=None) -> tuple[list[dict], str]:
+    """Optimise: for each plan item, loss_fn(item) -> (loss, parts dict with "loss"), backward, clip, AdamW, scheduler.
+
+    Returns (per-step records {step, lr, **parts}, status "ok" | "diverged" — a non-finite loss stops the loop
+    before its update). With `ckpt`, resumes from the newest checkpoint and saves every `ckpt.every` steps and at
+    the end. `on_step(step)` is called before each step (progress hooks, tests)."""
+    params = [p for _, p in named]
+    opt = torch.optim.AdamW(params, lr=r.lr, betas=tuple(r.adam_betas), eps=r.adam_eps, weight_decay=r.weight_decay)
+    total = len(plan)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, r))
+    start, losses = ckpt.resume(named, opt, sched, plan) if ckpt is not None else (0, [])
+    status = "ok"
+    bar = tqdm(range(start, total), initial=start, total=total, desc=desc, leave=leave, mininterval=2)
+    for step in bar:
+        if on_step is not None:
+            on_step(step)
+        lr = opt.param_groups[0]["lr"]
+        loss, parts = loss_fn(plan[step])
+        losses.append({"step": step, "lr": lr, **parts})
+        if not math.isfinite(parts["loss"]):
+            status = "diverged"
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if r.clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, r.clip)
+        opt.step()
+        sched.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean([x['loss'] for x in losses[-20:]]):.3f}")
+        if ckpt is not None and ckpt.due(step + 1, total):
+            ckpt.save(step + 1, named, opt, sched, plan, losses)
+    bar.close()
+    return losses, status
+
+
+# --- checkpoints (safetensors + JSON; no pickle) -------------------------------------------------------------------
+
+def _plan_hash(plan: list) -> str:
+    return hashlib.sha256(json.dumps(plan).encode()).hexdigest()[:16]
+
+
+class Checkpoints:
+    """Resumable training state in `folder`/step-<N>/: `trainable.safetensors` (the trainable parameters by name —
+    the LoRA adapter in LoRA mode), `optimizer.safetensors` (AdamW's per-parameter tensors, keys `<index>.<name>`),
+    `rng.safetensors` (torch CPU/CUDA generator states) and `state.json` (step, optimizer param groups, scheduler
+    state, batch-plan hash, losses so far). Written under a temporary name, renamed, older ones deleted. The batch
+    plan is a function of the seed, so the step number is the batch position."""
+
+    def __init__(self, folder, every: int):
+        self.folder, self.every = Path(folder), every
+
+    def due(self, step: int, total: int) -> bool:
+        return step == total or (self.every > 0 and step % self.every == 0)
+
+    def latest(self) -> Path | None:
+        done = sorted(self.folder.glob("step-*[0-9]"), key=lambda p: int(p.name[5:])) if self.folder.is_dir() else []
+        return done[-1] if done else None
+
+    def save(self, step, named, opt, sched, plan, losses) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.folder / f".step-{step}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({n: p.detach().contiguous().cpu() for n, p in named}, str(tmp / "trainable.safetensors"))
+        sd = opt.state_dict()
+        tensors, scalars = {}, {}
+        for idx, st in sd["state"].items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{idx}.{k}"] = v.detach().contiguous().cpu()
+                else:
+                    scalars[f"{idx}.{k}"] = v
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, str(tmp / "rng.safetensors"))
+        state = {"step": step, "plan": _plan_hash(plan), "names": [n for n, _ in named],
+                 "param_groups": sd["param_groups"], "state_scalars": scalars, "scheduler": sched.state_dict(),
+                 "losses": losses}
+        (tmp / "state.json").write_text(json.dumps(state))
+        final = self.folder / f"step-{step}"
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in self.folder.glob("step-*[0-9]"):
+            if old != final:
+                shutil.rmtree(old)
+
+    def resume(self, named, opt, sched, plan) -> tuple[int, list[dict]]:
+        from safetensors.torch import load_file
+
+        folder = self.latest()
+        if folder is None:
+            return 0, []
+        state = json.loads((folder / "state.json").read_text())
+        if state["plan"] != _plan_hash(plan) or state["names"] != [n for n, _ in named]:
+            raise PulseError(f"{folder}: checkpoint belongs to another training (different data, recipe or model); "
+                             f"delete {self.folder.parent} to start over")
+        weights = load_file(str(folder / "trainable.safetensors"))
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(weights[n])
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+        per: dict[int, dict] = {}
+        for key, v in list(tensors.items()) + list(state["state_scalars"].items()):
+            idx, k = key.split(".", 1)
+            per.setdefault(int(idx), {})[k] = v
+        groups = [{**g, "betas": tuple(g["betas"])} for g in state["param_groups"]]
+        opt.load_state_dict({"state": per, "param_groups": groups})
+        sched.load_state_dict(state["scheduler"])
+        rng = load_file(str(folder / "rng.safetensors"))
+        torch.set_rng_state(rng["cpu"])
+        cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+        return state["step"], state["losses"]
+
+
+# --- one unlearning request ---------------------------------------------------------------------------------------
 
 @dataclass
 class RequestResult:
     status: str  # "ok" or "diverged"
     losses: list[dict]
-
-
-def _batches(n: int, batch_size: int, steps: int, rng: np.random.Generator):
-    """`steps` index batches cycling through shuffled epochs of n samples."""
-    order: list[int] = []
-    for _ in range(steps):
-        while len(order) < min(batch_size, n):
-            order.extend(rng.permutation(n).tolist())
-        yield order[:batch_size]
-        order = order[batch_size:]
+    info: dict = field(default_factory=dict)  # resolved steps, budget, dropout, fp32 layers, reference batch size
 
 
 def _idk(samples: list[Sample], seed: int) -> list[Sample]:
@@ -68,95 +406,84 @@ def check_method_mode(method_name: str, mode: str) -> None:
 @torch.no_grad()
 def _ref_logps(model, enc, samples, batch_size, mask) -> torch.Tensor:
     out = []
-    for start in range(0, len(samples), batch_size):
-        batch = enc.batch(samples[start:start + batch_size], mask=mask)
-        out.append(sequence_logps_sum(forward(model, batch), batch["labels"]))
+    with eval_mode(model):
+        for start in range(0, len(samples), batch_size):
+            batch = enc.batch(samples[start:start + batch_size], mask=mask)
+            out.append(sequence_logps_sum(forward(model, batch), batch["labels"]))
     return torch.cat(out)
 
 
+REQUEST_FILE = "pulse_request.json"
+PARAMS_FILE = "updated_parameters.safetensors"
+
+
 def unlearn_request(model, enc: Encoder, method_name: str, target: str, forget: list[Sample],
-                    retain: list[Sample], cfg: UnlearnConfig, seed: int, save_to=None, desc: str = "unlearn"):
-    """Run one request; returns (model after the request, RequestResult). Merges the adapter in LoRA mode.
+                    retain: list[Sample], cfg, seed: int, save_to=None, desc: str = "unlearn"):
+    """Run one request with the recipe `cfg` (an UnlearnSection: Recipe + mode, mask, params); returns (model after
+    the request, RequestResult). Merges the adapter in LoRA mode.
 
     `save_to` (a folder) receives what the request changed, in safetensors — the LoRA adapter, or the updated
     parameters in full mode — so `apply_saved` can rebuild the model after this request (resume).
     """
-    from peft import LoraConfig, get_peft_model
-
     method = get_method(method_name)
     check_method_mode(method_name, cfg.mode)
     if not forget:
         raise PulseError("empty forget set")
     if method.retain_loss is not None and not retain:
         raise PulseError(f"method {method_name!r} needs retain data, but the retain set is empty")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     forget = _idk(forget, seed) if method.forget_answers == "idk" else forget
-    if cfg.mode == "lora":
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                 target_modules=target_regex(target)))
-        params = [p for p in model.parameters() if p.requires_grad]
-    else:
-        names = set(full_parameter_names(model, target))
-        params = [p for n, p in model.named_parameters() if n in names]
-        for n, p in model.named_parameters():
-            p.requires_grad_(n in names)
-    model.eval()  # no dropout; gradients still flow
+    forget_plan = batch_plan(len(forget), cfg, [seed, 0])
+    retain_plan = cycle_plan(len(retain), cfg.batch_size, len(forget_plan), [seed, 1]) \
+        if method.retain_loss is not None else [None] * len(forget_plan)
+    model, named, info = prepare(model, target, cfg, cfg.mode, seed)
+    lora = cfg.mode == "lora"
     ref_forget = None
     if method.needs_ref_forget:
-        if cfg.mode == "lora":
-            with model.disable_adapter():
-                ref_forget = _ref_logps(model, enc, forget, 64, cfg.mask)
-        else:
-            ref_forget = _ref_logps(model, enc, forget, 64, cfg.mask)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    forget_batches = _batches(len(forget), cfg.batch_size, cfg.steps, rng)
-    retain_batches = _batches(len(retain), cfg.batch_size, cfg.steps, rng) if retain else None
-    losses, status = [], "ok"
-    for step in tqdm(range(cfg.steps), desc=desc, leave=False, mininterval=2):
-        fi = next(forget_batches)
+        with (model.disable_adapter() if lora else contextlib.nullcontext()):
+            ref_forget = _ref_logps(model, enc, forget, cfg.batch_size, cfg.mask)
+
+    def loss_fn(item):
+        fi, ri = item
         fb = enc.batch([forget[i] for i in fi], mask=cfg.mask)
         f_out = Outputs(forward(model, fb), fb["labels"],
                         ref_logps_sum=ref_forget[fi] if ref_forget is not None else None, params=cfg.params)
         r_out = None
         if method.retain_loss is not None:
-            rb = enc.batch([retain[i] for i in next(retain_batches)], mask=cfg.mask)
+            rb = enc.batch([retain[i] for i in ri], mask=cfg.mask)
             ref_logits = None
             if method.needs_ref_retain:
-                with torch.no_grad(), model.disable_adapter():
+                with torch.no_grad(), model.disable_adapter(), eval_mode(model):
                     ref_logits = forward(model, rb)
             r_out = Outputs(forward(model, rb), rb["labels"], ref_logits=ref_logits, params=cfg.params)
-        loss, parts = method_loss(method, f_out, r_out)
-        losses.append({"step": step, **parts})
-        if not math.isfinite(parts["loss"]):
-            status = "diverged"
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        return method_loss(method, f_out, r_out)
+
+    losses, status = fit(named, list(zip(forget_plan, retain_plan)), loss_fn, cfg, desc=desc)
+    info.update({"budget": cfg.budget, "epochs": cfg.epochs if cfg.budget == "epochs" else None,
+                 "steps": len(forget_plan), "forget_samples": len(forget), "batch_size": cfg.batch_size,
+                 "reference_batch_size": cfg.batch_size if method.needs_ref_forget else None})
     if save_to is not None:
-        if cfg.mode == "lora":
+        save_to = Path(save_to)
+        if lora:
             model.save_pretrained(save_to)
         else:
             from safetensors.torch import save_file
             save_to.mkdir(parents=True, exist_ok=True)
-            save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if n in names},
-                      str(save_to / PARAMS_FILE))
-    if cfg.mode == "lora":
-        model = model.merge_and_unload()  # the next request's base and reference
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, RequestResult(status, losses)
-
-
-PARAMS_FILE = "updated_parameters.safetensors"
+            save_file({n: p.detach().contiguous() for n, p in named}, str(save_to / PARAMS_FILE))
+        (save_to / REQUEST_FILE).write_text(json.dumps({"mode": cfg.mode, "target": target,
+                                                        "master_fp32": cfg.master_fp32}))
+    model = finish(model, cfg.mode, cfg)
+    return model, RequestResult(status, losses, info)
 
 
 def apply_saved(model, folder):
-    """Re-apply a saved request (adapter merged, or updated parameters loaded) to the model before it."""
+    """Re-apply a saved request (adapter merged, or updated parameters loaded) to the model before it, with the
+    same fp32 master layers as the request had."""
     from peft import PeftModel
 
+    folder = Path(folder)
+    meta = json.loads((folder / REQUEST_FILE).read_text()) if (folder / REQUEST_FILE).is_file() else {}
+    if meta.get("master_fp32"):
+        hold_fp32(model, meta["target"])
     if (folder / "adapter_config.json").is_file():
         return PeftModel.from_pretrained(model, folder).merge_and_unload()
     from safetensors.torch import load_file

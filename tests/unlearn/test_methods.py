@@ -113,3 +113,40 @@ def test_missing_reference_or_retain_is_an_error():
         method_loss(METHODS["grad_diff"], Outputs(logits, LABELS), None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         METHODS["ga"].forget_weight = 2.0
+
+
+def test_public_api_is_exported_and_builtins_obey_it():
+    """`from pulse.unlearn import Method, Outputs, losses` is the surface custom methods use; built-ins pass the same
+    checks a custom method gets (scalar defaults, valid weights and answers)."""
+    import pulse.unlearn as pu
+    from pulse.unlearn.methods import _checked
+
+    assert (pu.Method, pu.Outputs, pu.losses, pu.method_loss) == (METHODS["ga"].__class__, Outputs, losses,
+                                                                  method_loss)
+    for name, m in METHODS.items():
+        assert _checked(m, name) is m
+
+
+def test_params_resolution_flat_then_own_section():
+    from pulse.unlearn.methods import method_params
+
+    npo, simnpo = METHODS["npo"], METHODS["simnpo"]
+    assert method_params(npo, {}) == {"beta": 0.1}
+    assert method_params(npo, {"beta": 0.4, "margin": 1.0}) == {"beta": 0.4}  # margin is simnpo's only
+    assert method_params(simnpo, {"beta": 0.4, "margin": 1.0}) == {"beta": 0.4, "margin": 1.0}
+    both = {"beta": 0.4, "simnpo": {"beta": 3.0}}
+    assert method_params(npo, both) == {"beta": 0.4}
+    assert method_params(simnpo, both) == {"beta": 3.0, "margin": 0.0}
+    assert method_params(METHODS["ga"], both) == {}
+
+
+def test_check_params_normalises_and_names_known_parameters():
+    from pulse.unlearn.methods import check_params
+
+    assert check_params(["npo", "simnpo"], {"beta": "2e-1", "simnpo": {"margin": 1}}) == \
+        {"beta": 0.2, "simnpo": {"margin": 1.0}}
+    with pytest.raises(PulseError, match=r"unlearn\.params\.gamma: unknown parameter.*npo: beta; "
+                                         r"simnpo: beta, margin\)$"):
+        check_params(["npo", "simnpo"], {"gamma": 1.0}, "c.yaml")
+    with pytest.raises(PulseError, match="expected a number, got 'x'"):
+        check_params(["simnpo"], {"simnpo": {"margin": "x"}})

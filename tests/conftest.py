@@ -44,3 +44,14 @@ def small_run(small_world, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "small"
     assert main(["run", str(SMALL_CONFIG), "--out", str(out), "--no-report"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def llava15_shaped(tmp_path_factory) -> Path:
+    """A random-weight checkpoint in llava-hf/llava-1.5-7b-hf's exact config and file layout (full widths, 1 text +
+    2 vision layers, float16 on disk, about 1 GiB), written once per session (about 25 s on 2 cores)."""
+    from pulse.models.llava_shaped import write_checkpoint
+
+    out = tmp_path_factory.mktemp("llava15") / "llava-1.5-7b-shaped"
+    write_checkpoint(out, log=lambda *_: None)
+    return out

@@ -19,10 +19,17 @@ from .errors import PulseError
 class ModelConfig:
     pretrained: str | None = None  # base checkpoint (pre-trained knowledge); None = the mini world's
     finetuned: str | None = None  # fine-tuned on the fictional people; None = the mini world's
-    dtype: str = "float32"
-    device: str = "cpu"
+    dtype: str = "float32"  # float32, bfloat16, float16, or auto (bfloat16 on cuda, float32 on cpu)
+    device: str = "cpu"  # cpu, cuda, cuda:N, or auto (cuda if available, else cpu)
     template: str | None = None  # None = the checkpoint's own (pulse_model.json) or LLaVA-1.5
     trust_remote_code: bool = False
+
+    def __post_init__(self):  # spelling only: the machine that runs may not be the one that validates
+        from .models.load import check_device_dtype
+        try:
+            check_device_dtype(self.device, self.dtype)
+        except PulseError as e:
+            raise PulseError(f"model: {e}") from None
 
 
 @dataclass
@@ -52,6 +59,8 @@ class PretrainedScenario:
     select: int = 18  # best-known celebrities kept (paper: 45 of 153)
     unlearn: int = 8  # paper: 20 (the other select - unlearn are retained: paper 25)
     min_accuracy: float = 0.0  # also require at least this base accuracy (percent, both forms averaged)
+    # LoRA or full-parameter updates here: the paper states LoRA only for the other two scenarios. None = unlearn.mode
+    mode: str | None = None
 
 
 @dataclass
@@ -67,15 +76,59 @@ class Scenarios:
 
 
 @dataclass
-class UnlearnSection:
-    steps: int = 20
-    lr: float = 1e-3
-    batch_size: int = 16
-    mode: str = "lora"
-    lora_rank: int = 8
+class Recipe:
+    """How a model is optimised, shared by unlearning and fine-tuning. Defaults = MLLMU-Bench's `baselines/` and
+    `finetune.py`: AdamW (transformers' AdamW: eps 1e-6, weight decay 0), lr 2e-5, batch 4, 1 epoch, linear decay
+    to 0 stepped every batch with no warm-up (`get_scheduler("linear", 0, total)`), no clipping, LoRA r16 / α16 /
+    dropout 0.05 / Gaussian init, trained against fp32 weights (their `prepare_model_for_kbit_training` casts the
+    model to fp32; here `master_fp32` holds only the updated layers in fp32).
+    """
+    budget: str = "epochs"  # "epochs": epochs × ceil(n / batch_size) steps per request; "steps": `steps` batches
+    epochs: int = 1
+    steps: int | None = None  # used only when budget = steps
+    lr: float = 2e-5
+    batch_size: int = 4
+    schedule: str = "linear"  # "linear" (to 0, HF get_linear_schedule_with_warmup), "constant", "cosine"
+    warmup_steps: int = 0  # lr × (s + 1) / warmup_steps for the first steps
+    min_lr_ratio: float = 0.0  # linear / cosine decay to this fraction of lr (mini: 0.1 with cosine)
+    clip: float | None = None  # max gradient norm; None = no clipping
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-6  # transformers.AdamW's default, which MLLMU-Bench uses (torch's is 1e-8)
+    lora_rank: int = 16
     lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_init: str = "gaussian"  # peft init_lora_weights: "gaussian" (MLLMU-Bench) or "default" (Kaiming A, B = 0)
+    master_fp32: bool = True  # half-precision models: the updated Linear layers are held (and merged) in fp32
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class UnlearnSection(Recipe):
+    mode: str = "lora"
     mask: str = "answer"
     params: dict = field(default_factory=dict)
+    # what one request unlearns and how a sample is written (the lead's area; see protocol/scenarios.py)
+    data: str = "mcq"  # "mcq": each person's 10 MCQs as QA, half text, half image (paper Table 2); "ft_data"
+    format: str = "mllmu"  # "mllmu": `USER: <image>\n{q}\nASSISTANT: {a}` (MLLMU-Bench); "model": its template
+    eos: bool = False  # append EOS after the answer (MLLMU-Bench appends none)
+
+
+@dataclass
+class FinetuneSection(Recipe):
+    """`pulse finetune` (MLLMU-Bench `finetune.py`, README command): the recipe with 5 epochs, LoRA on the modules
+    peft matches for MLLMU-Bench's target names (`mllmu`), loss on the whole sequence, no EOS appended."""
+    epochs: int = 5
+    mode: str = "lora"  # "lora" (merged at the end) or "full"
+    target: str = "mllmu"  # an update target (models/targets.py); "all" = every parameter (mode full only)
+    mask: str = "sequence"  # MLLMU-Bench labels = input_ids with pads -100 (image tokens: we mask them too)
+    eos: bool = False  # MLLMU-Bench appends no EOS
+    sampler: str = "shuffle"  # "shuffle": shuffled epochs (DataLoader shuffle=True); "weighted": mini replay draws
+    people: int = 100  # the first N Full_Set people by ID (paper: 100)
+    seed: int = 0  # batch order, LoRA init, dropout
+    save_every: int = 200  # checkpoint (resume) every N optimizer steps, and at the end; 0 = only at the end
+    save_dtype: str | None = None  # None = as trained (fp32 updated layers under master_fp32); or a dtype name
+    eval_batch_size: int = 16  # the final MCQ evaluation
 
 
 @dataclass
@@ -86,6 +139,8 @@ class EvalSection:
     max_new_tokens: int = 50
     batch_size: int = 64
     mmbench_groups: int | None = None  # seeded subset of MMBench groups for quick runs (labelled); None = all
+    mmbench_max_new_tokens: int = 1024  # MMBench generate scoring; LLaVA's model_vqa_mmbench: 1024, stops at EOS
+    mmbench_image: str = "pad"  # LLaVA-1.5 pads images to a square (mean colour) first; "processor": llava-hf's alone
 
 
 @dataclass
@@ -149,6 +204,11 @@ def _coerce(value, hint, where: str):
     target = args[0] if args else hint
     if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if target is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if target is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, target) or (target is int and isinstance(value, bool)):
@@ -167,9 +227,12 @@ def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Read YAML (or the built-in mini defaults when `path` is None), apply overrides, validate."""
+    """Read YAML (or the built-in mini defaults, configs/mini/default.yaml, when `path` is None), apply overrides,
+    validate. The dataclass defaults are the paper/MLLMU-Bench values; the mini's own recipe lives in its YAML."""
     tree: dict = {}
     where = "defaults"
+    if path is None:
+        path = builtin_config_path()
     if path is not None:
         where = str(path)
         p = Path(path)
@@ -198,6 +261,11 @@ def validate(cfg: RunConfig, where: str) -> None:
             raise PulseError(f"{where}: scenarios: unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
     for m in cfg.methods + cfg.table3_methods:
         check_method_mode(m, cfg.unlearn.mode)
+    if "pretrained" in cfg.scenarios and cfg.scenario.pretrained.mode in ("lora", "full"):
+        for m in cfg.methods:
+            check_method_mode(m, cfg.scenario.pretrained.mode)
+    from .unlearn.methods import check_params  # unknown / ill-typed unlearn.params refused; values normalised
+    cfg.unlearn.params = check_params(cfg.methods + cfg.table3_methods, cfg.unlearn.params, where)
     for t in cfg.targets + cfg.table3_targets:
         if t not in TARGETS:
             raise PulseError(f"{where}: unknown update target {t!r} (known: {', '.join(TARGETS)})")
@@ -217,10 +285,17 @@ def validate(cfg: RunConfig, where: str) -> None:
         raise PulseError(f"{where}: mini.size must be default or small, got {cfg.mini.size!r}")
     if cfg.eval.scoring not in (None, "likelihood", "generate"):
         raise PulseError(f"{where}: eval.scoring must be likelihood or generate, got {cfg.eval.scoring!r}")
+    if pt.mode not in (None, "lora", "full"):
+        raise PulseError(f"{where}: scenario.pretrained.mode must be lora, full or null, got {pt.mode!r}")
+    if cfg.eval.mmbench_image not in ("pad", "processor"):
+        raise PulseError(f"{where}: eval.mmbench_image must be pad or processor, got {cfg.eval.mmbench_image!r}")
+    if cfg.unlearn.data not in ("mcq", "ft_data"):
+        raise PulseError(f"{where}: unlearn.data must be mcq or ft_data, got {cfg.unlearn.data!r}")
+    if cfg.unlearn.format not in ("mllmu", "model"):
+        raise PulseError(f"{where}: unlearn.format must be mllmu or model, got {cfg.unlearn.format!r}")
     if cfg.unlearn.mask not in ("answer", "sequence"):
         raise PulseError(f"{where}: unlearn.mask must be answer or sequence, got {cfg.unlearn.mask!r}")
-    if cfg.unlearn.steps < 1 or cfg.unlearn.lr <= 0:
-        raise PulseError(f"{where}: unlearn.steps must be >= 1 and unlearn.lr > 0")
+    validate_recipe(cfg.unlearn, "unlearn", where)
     paths = [("data.mllmu", cfg.data.mllmu), ("data.mmbench", cfg.data.mmbench),
              ("model.pretrained", cfg.model.pretrained), ("model.finetuned", cfg.model.finetuned)]
     given = [name for name, v in paths if v is not None]
@@ -232,6 +307,99 @@ def validate(cfg: RunConfig, where: str) -> None:
         hub_ok = name.startswith("model.") and _looks_like_hub_id(v or "")
         if v is not None and not Path(v).expanduser().exists() and not hub_ok:
             raise PulseError(f"{where}: {name}: path not found: {v}")
+
+
+SCHEDULES = ("linear", "constant", "cosine")
+LORA_INITS = ("gaussian", "default")
+
+
+def validate_recipe(r: Recipe, section: str, where: str) -> None:
+    """Every recipe value checked; one-line errors naming the key (e.g. `unlearn.lr`)."""
+    import math
+
+    def bad(key: str, rule: str):
+        raise PulseError(f"{where}: {section}.{key} must be {rule}, got {getattr(r, key)!r}")
+
+    def positive_int(key: str):
+        v = getattr(r, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            bad(key, "an integer >= 1")
+
+    if r.budget not in ("epochs", "steps"):
+        bad("budget", "epochs or steps")
+    positive_int("epochs")
+    positive_int("batch_size")
+    positive_int("lora_rank")
+    if r.steps is not None or r.budget == "steps":
+        positive_int("steps")
+    if not (math.isfinite(r.lr) and r.lr > 0):
+        bad("lr", "a finite number > 0")
+    if r.schedule not in SCHEDULES:
+        bad("schedule", " or ".join(SCHEDULES))
+    if r.warmup_steps < 0:
+        bad("warmup_steps", ">= 0")
+    if not 0.0 <= r.min_lr_ratio <= 1.0:
+        bad("min_lr_ratio", "in [0, 1]")
+    if r.clip is not None and not (math.isfinite(r.clip) and r.clip > 0):
+        bad("clip", "null (no clipping) or a finite number > 0")
+    if not (math.isfinite(r.weight_decay) and r.weight_decay >= 0):
+        bad("weight_decay", "a finite number >= 0")
+    if len(r.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in r.adam_betas):
+        bad("adam_betas", "two numbers in [0, 1)")
+    if not (math.isfinite(r.adam_eps) and r.adam_eps > 0):
+        bad("adam_eps", "a finite number > 0")
+    if not (math.isfinite(r.lora_alpha) and r.lora_alpha > 0):
+        bad("lora_alpha", "> 0")
+    if not 0.0 <= r.lora_dropout < 1.0:
+        bad("lora_dropout", "in [0, 1)")
+    if r.lora_init not in LORA_INITS:
+        bad("lora_init", " or ".join(LORA_INITS))
+
+
+def load_finetune(overrides: list[str] = (), base: FinetuneSection | None = None,
+                  where: str = "finetune") -> FinetuneSection:
+    """A validated FinetuneSection from `key=value` overrides (keys as in the section, e.g. `lr=1e-4`)."""
+    from .models.load import DTYPES
+    from .models.targets import TARGETS
+
+    tree = {k: v for k, v in dataclasses.asdict(base).items()} if base is not None else {}
+    for item in overrides:
+        if "=" not in item:
+            raise PulseError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw)
+    ft = _build(FinetuneSection, tree, where)
+    validate_recipe(ft, "finetune", where)
+    if ft.mode not in ("lora", "full"):
+        raise PulseError(f"{where}: finetune.mode must be lora or full, got {ft.mode!r}")
+    if ft.target not in TARGETS and not (ft.target == "all" and ft.mode == "full"):
+        raise PulseError(f"{where}: finetune.target must be one of {', '.join(TARGETS)} (or all with mode full), "
+                         f"got {ft.target!r}")
+    if ft.mask not in ("answer", "sequence"):
+        raise PulseError(f"{where}: finetune.mask must be answer or sequence, got {ft.mask!r}")
+    if ft.sampler not in ("shuffle", "weighted"):
+        raise PulseError(f"{where}: finetune.sampler must be shuffle or weighted, got {ft.sampler!r}")
+    if ft.sampler == "weighted" and ft.budget != "steps":
+        raise PulseError(f"{where}: finetune.sampler weighted needs budget steps")
+    for key in ("people", "eval_batch_size"):
+        if getattr(ft, key) < 1:
+            raise PulseError(f"{where}: finetune.{key} must be >= 1, got {getattr(ft, key)!r}")
+    if ft.save_every < 0:
+        raise PulseError(f"{where}: finetune.save_every must be >= 0, got {ft.save_every!r}")
+    if ft.save_dtype is not None and ft.save_dtype not in DTYPES:
+        raise PulseError(f"{where}: finetune.save_dtype must be null or one of {', '.join(DTYPES)}, "
+                         f"got {ft.save_dtype!r}")
+    return ft
+
+
+def builtin_config_path() -> Path:
+    """configs/mini/default.yaml, shipped inside the package as pulse/configs (a link to the repository's configs/)."""
+    from importlib.resources import files
+
+    path = Path(str(files("pulse") / "configs" / "mini" / "default.yaml"))
+    if not path.is_file():
+        raise PulseError(f"{path}: the built-in default config is missing from this installation")
+    return path
 
 
 def _looks_like_hub_id(v: str) -> bool:

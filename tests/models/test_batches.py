@@ -23,3 +23,23 @@ def test_labels_masks():
     whole = enc.batch(samples, mask="sequence")["labels"]
     assert (whole != IGNORE).sum() > (labels != IGNORE).sum()
     assert (whole[ids == enc.image_token_id] == IGNORE).all()
+
+
+def test_expand_to_square_matches_llava_expand2square():
+    """LLaVA's expand2square: shorter side padded with int(mean * 255), image centred ((side - h) // 2 offset)."""
+    from types import SimpleNamespace
+
+    from pulse.data.records import decode_image
+    from pulse.models.batches import expand_to_square
+
+    proc = SimpleNamespace(image_processor=SimpleNamespace(image_mean=[0.48145466, 0.4578275, 0.40821073]))
+    wide = Image.new("RGB", (6, 3), (10, 20, 30))
+    out = decode_image(expand_to_square(encode_png(wide), proc))
+    assert out.size == (6, 6)
+    fill = (122, 116, 104)  # int(0.48145466 * 255), int(0.4578275 * 255), int(0.40821073 * 255)
+    assert [out.getpixel((0, y)) for y in range(6)] == [fill, (10, 20, 30), (10, 20, 30), (10, 20, 30), fill, fill]
+    tall = Image.new("RGB", (1, 4), (1, 2, 3))
+    out = decode_image(expand_to_square(encode_png(tall), proc))
+    assert [out.getpixel((x, 0)) for x in range(4)] == [fill, (1, 2, 3), fill, fill]
+    square = encode_png(Image.new("RGB", (5, 5), (9, 9, 9)))
+    assert expand_to_square(square, proc) == square

@@ -26,12 +26,12 @@ def test_results_hold_every_cell(small_run):
     for (scenario, *_), row in cells.iterrows():
         assert row["min"] == 0
         assert row["max"] == (cfg.scenario.sustainability.folds if scenario == "sustainability" else 1)
-    # each request has unlearn/retain x image/text/all + mmbench
+    # each request has unlearn/retain x image/text/all + mmbench (circular) + mmbench_vanilla
     one = df[(df.scenario == "finetuned") & (df.method == "ga") & (df.target == "proj+llm") & (df.request == 1)]
-    assert len(one) == 7 and set(one.split) == {"unlearn", "retain", "mmbench"}
+    assert len(one) == 8 and set(one.split) == {"unlearn", "retain", "mmbench", "mmbench_vanilla"}
     sus = df[df.scenario == "sustainability"]
-    assert set(sus[sus.request == 1].split) == {"unlearn", "retain", "mmbench", "fold_current", "folds_done",
-                                                 "folds_pending"}
+    assert set(sus[sus.request == 1].split) == {"unlearn", "retain", "mmbench", "mmbench_vanilla", "fold_current",
+                                                 "folds_done", "folds_pending"}
     assert "folds_pending" not in set(sus[sus.request == sus.request.max()].split)
     r0 = df[df.request == 0]
     assert (r0.relative == 100).all()
@@ -122,4 +122,32 @@ def test_paper_configs_validate_with_user_paths(tmp_path):
 
 
 def test_builtin_defaults_match_the_documented_default_config():
+    """`pulse run` without a config reads configs/mini/default.yaml, shipped in the package (pulse/configs); the
+    dataclass defaults are the paper/MLLMU-Bench recipe, the mini's own recipe is in its YAML."""
+    from importlib.resources import files
+
+    from pulse.config import UnlearnSection, builtin_config_path
+    assert builtin_config_path().read_text() == (ROOT / "configs" / "mini" / "default.yaml").read_text()
+    assert str(builtin_config_path()).startswith(str(files("pulse")))
     assert load_config(None) == load_config(ROOT / "configs" / "mini" / "default.yaml")
+    mini = load_config(None).unlearn
+    assert (mini.budget, mini.epochs, mini.lr, mini.format, mini.eos) == ("epochs", 2, 1e-3, "model", True)
+    assert (UnlearnSection().budget, UnlearnSection().epochs, UnlearnSection().lr) == ("epochs", 1, 2e-5)
+    assert (UnlearnSection().format, UnlearnSection().eos, UnlearnSection().data) == ("mllmu", False, "mcq")
+
+
+def test_rows_give_circular_and_vanilla_mmbench():
+    """results.csv rows for MMBench: "mmbench" is CircularEval, "mmbench_vanilla" rotation 0; each relative to
+    request 0's own metric."""
+    from pulse.protocol.runner import _rows
+
+    mcq = {"predictions": []}  # no MCQ splits: only the MMBench rows
+    ref = {"mcq": mcq, "mmbench": {"circular": 40.0, "vanilla": 80.0, "groups": 10}}
+    now = {"circular": 10.0, "vanilla": 60.0, "groups": 10}
+    rows = _rows({"request": 1}, {}, mcq, now, ref, "ok")
+    mmb = {r["split"]: r for r in rows if r["split"].startswith("mmbench")}
+    assert mmb["mmbench"]["accuracy"] == 10.0 and mmb["mmbench"]["relative"] == 25.0
+    assert mmb["mmbench_vanilla"]["accuracy"] == 60.0 and mmb["mmbench_vanilla"]["relative"] == 75.0
+    assert mmb["mmbench"]["n"] == mmb["mmbench_vanilla"]["n"] == 10
+    r0 = {r["split"]: r["relative"] for r in _rows({"request": 0}, {}, mcq, now, None, "ok")}
+    assert r0 == {"mmbench": 100.0, "mmbench_vanilla": 100.0}

@@ -26,10 +26,15 @@ class Sample:
 
 
 class Encoder:
-    """Tokeniser + image processor with caches (pixel values per image, image-token count)."""
+    """Tokeniser + image processor with caches (pixel values per image, image-token count).
 
-    def __init__(self, processor, device="cpu", dtype=torch.float32):
+    `eos`: whether training/unlearning batches end each answer with EOS (MLLMU-Bench appends none; the mini model
+    was trained with it). Likelihood scoring never appends it.
+    """
+
+    def __init__(self, processor, device="cpu", dtype=torch.float32, eos: bool = True):
         self.processor = processor
+        self.eos = eos
         self.tok = processor.tokenizer
         self.image_token = processor.image_token
         self.image_token_id = self.tok.convert_tokens_to_ids(self.image_token)
@@ -67,10 +72,17 @@ class Encoder:
             full = full + [self.tok.eos_token_id]
         return full, len(p_ids)
 
-    def batch(self, samples: list[Sample], *, mask: str = "answer", eos: bool = True, side: str = "right") -> dict:
-        """Padded batch: input_ids, attention_mask, labels, pixel_values (images in sample order, or None)."""
+    def batch(self, samples: list[Sample], *, mask: str = "answer", eos: bool | None = None,
+              side: str = "right") -> dict:
+        """Padded batch: input_ids, attention_mask, labels, pixel_values (images in sample order, or None).
+
+        Loss tokens (labels != -100): mask "answer" = the answer tokens (+ EOS when appended); mask "sequence" =
+        every text token after BOS (MLLMU-Bench's labels: USER:, question, ASSISTANT:, answer). Never image
+        tokens or padding. `eos` None = the encoder's default.
+        """
         if mask not in ("answer", "sequence"):
             raise PulseError(f"unknown loss mask {mask!r}; use 'answer' or 'sequence'")
+        eos = self.eos if eos is None else eos
         rows = [self.token_ids(s, eos) for s in samples]
         width = max(len(ids) for ids, _ in rows)
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
@@ -93,6 +105,28 @@ class Encoder:
         pixel_values = torch.stack([self.pixels(b) for b in images]).to(self.device, self.dtype) if images else None
         return {"input_ids": input_ids.to(self.device), "attention_mask": attn.to(self.device),
                 "labels": labels.to(self.device), "pixel_values": pixel_values}
+
+
+def expand_to_square(image: bytes, processor) -> bytes:
+    """LLaVA-1.5's `image_aspect_ratio: pad` (llava/mm_utils.py `expand2square`): pad the shorter side to a square,
+    image centred, filled with the image processor's mean colour; then the processor resizes/crops as usual.
+
+    The llava-hf processor alone resizes the shortest edge and centre-crops (cutting the long side); LLaVA's own
+    MMBench script pads first. Returns PNG bytes (lossless); a square image is returned unchanged.
+    """
+    from PIL import Image
+
+    from ..data.records import encode_png
+
+    img = decode_image(image)
+    w, h = img.size
+    if w == h:
+        return image
+    mean = getattr(processor.image_processor, "image_mean", None) or [0.0, 0.0, 0.0]
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side), tuple(int(x * 255) for x in mean))
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return encode_png(out)
 
 
 def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,8 +35,9 @@ from ..eval.mcq import evaluate_mcq, summarise
 from ..eval.mmbench import evaluate_mmbench, subset_groups
 from ..fsutil import atomic_write_json, atomic_write_text
 from ..models.batches import Encoder
-from ..models.load import load_model
-from ..unlearn.loop import UnlearnConfig, apply_saved, unlearn_request
+from ..models.load import default_scoring, load_model, resolve_device, resolve_dtype
+from ..models.templates import MLLMU
+from ..unlearn.loop import apply_saved, unlearn_request
 from .scenarios import make_folds, mcq_samples, pair_samples, select_known, split_people
 
 COLUMNS = ["scenario", "method", "target", "seed", "request", "split", "modality", "accuracy", "relative",
@@ -66,26 +67,73 @@ class Context:
         self.fictional = sorted(fictional, key=lambda p: p.id)[: ft.people]
         needs = set(cfg.scenarios)
         self.celebrities = read_people(mllmu, cfg.data.celebrities) if "pretrained" in needs else []
-        self.train_pairs = read_qa_pairs(mllmu, cfg.data.train) if needs & {"finetuned", "sustainability"} else []
+        fictional_scenarios = needs & {"finetuned", "sustainability"}
+        self.train_pairs = read_qa_pairs(mllmu, cfg.data.train) \
+            if fictional_scenarios and cfg.unlearn.data == "ft_data" else []
         items = read_mmbench(mmbench_tsv)
         self.mmbench = subset_groups(items, cfg.eval.mmbench_groups, seed=0) if cfg.eval.mmbench_groups else items
         self.paths = {"mllmu": str(mllmu), "mmbench": str(mmbench_tsv)}
+        self.scoring = cfg.eval.scoring or default_scoring(self.models["finetuned"])
+        device = resolve_device(cfg.model.device)
+        self.device = {"device": str(device), "dtype": str(resolve_dtype(cfg.model.dtype, device)).split(".")[-1]}
 
     def model(self, phase: str):
         """A fresh copy of the phase's checkpoint from disk (every cell starts from the saved weights)."""
         m = self.cfg.model
         lm = load_model(self.models[phase], dtype=m.dtype, device=m.device, template=m.template,
                         trust_remote_code=m.trust_remote_code)
-        return lm, Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype)
+        return lm, Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype,
+                           eos=self.cfg.unlearn.eos)
 
-    def evaluate(self, lm, enc, people) -> tuple[dict, dict]:
+    def evaluate(self, lm, enc, sets: dict[str, tuple[list, int]]) -> tuple[dict, dict]:
+        """MCQ on each evaluated set {name: (people, demo people)} separately — as MLLMU-Bench's eval.py, one ID
+        list per call, so each set draws its own demo people (seeded by eval.demo_seed) from its own IDs — merged
+        into one predictions list (rows carry person_id); demo IDs and counts recorded per set. MMBench once."""
         e = self.cfg.eval
-        mcq = evaluate_mcq(lm, people, scoring=e.scoring, enc=enc, demo_people=e.demo_people, demo_seed=e.demo_seed,
-                           max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
-        mmb = evaluate_mmbench(lm, self.mmbench, scoring=e.scoring, enc=enc, batch_size=e.batch_size)
-        return {"predictions": mcq.predictions, "demo_ids": mcq.demo_ids}, \
-            {k: mmb[k] for k in ("circular", "vanilla", "vanilla_all_rows", "z_share", "groups", "rows",
-                                 "per_category", "scoring")}
+        generate = (e.scoring or lm.scoring) == "generate"
+        preds, demo_ids, demo_people = [], {}, {}
+        for name, (people, n_demo) in sets.items():
+            res = evaluate_mcq(lm, people, scoring=e.scoring, enc=enc, demo_people=n_demo, demo_seed=e.demo_seed,
+                               max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+            preds += res.predictions
+            demo_ids[name], demo_people[name] = res.demo_ids, n_demo if generate else 0
+        mcq = {"predictions": preds, "demo_ids": demo_ids, "demo_people": demo_people}
+        mmb = evaluate_mmbench(lm, self.mmbench, scoring=e.scoring, enc=enc, batch_size=e.batch_size,
+                               max_new_tokens=e.mmbench_max_new_tokens, image=e.mmbench_image)
+        return mcq, {k: mmb[k] for k in ("circular", "vanilla", "vanilla_all_rows", "z_share", "groups", "rows",
+                                         "per_category", "scoring")}
+
+
+def _protocol_record(cfg: RunConfig, ctx: Context) -> dict:
+    """The recipe details that change numbers, resolved and spelled out for the manifest (the config has the keys)."""
+    u = cfg.unlearn
+    template = MLLMU if u.format == "mllmu" else None
+    fmt = (f"{template.prompt('{question}', image=True)} {{answer}} / {template.prompt('{question}', image=False)} "
+           f"{{answer}}" if template else "the checkpoint's own prompt template, answer after one space")
+    data = {}
+    for s in cfg.scenarios:
+        if s == "pretrained" or u.data == "mcq":
+            data[s] = ("each person's MCQs as QA (question -> correct option text), image and text forms "
+                       "(paper Table 2)") + (" — MLLMU-Bench has no training-flavour data for celebrities"
+                                             if s == "pretrained" and u.data == "ft_data" else "")
+        else:
+            data[s] = f"training-flavour QA pairs ({cfg.data.train}) of the people to unlearn"
+    mode = {s: (cfg.scenario.pretrained.mode or u.mode) if s == "pretrained" else u.mode for s in cfg.scenarios}
+    budget = (f"{u.epochs} epoch(s) over each request's forget set (sustainability: over its own fold)"
+              if u.budget == "epochs" else f"{u.steps} steps per request, every request")
+    return {
+        "unlearning_data": data,
+        "sample_format": fmt + (" + EOS" if u.eos else " (no EOS)"),
+        "loss_tokens": ("answer tokens" + (" + EOS" if u.eos else "") if u.mask == "answer"
+                        else "every text token after BOS (MLLMU-Bench)") + "; never image tokens or padding",
+        "update_mode": mode,
+        "budget": budget,
+        "mcq": {"scoring": ctx.scoring, "demo_people": {"fictional sets": cfg.eval.demo_people, "celebrities": 0},
+                "demo_person": "drawn per evaluated set from its own IDs (seed eval.demo_seed)"},
+        "mmbench": {"scoring": ctx.scoring, "image": cfg.eval.mmbench_image,
+                    "max_new_tokens": cfg.eval.mmbench_max_new_tokens, "subset_groups": cfg.eval.mmbench_groups},
+        "device": ctx.device,
+    }
 
 
 def _rows(meta: dict, splits: dict[str, list[str]], mcq: dict, mmb: dict, ref: dict | None, status: str) -> list[dict]:
@@ -105,9 +153,11 @@ def _rows(meta: dict, splits: dict[str, list[str]], mcq: dict, mmb: dict, ref: d
                 acc, acc0, n = now.accuracy[modality], before.accuracy[modality], now.n[modality]
             rows.append({**meta, "split": split, "modality": modality, "accuracy": round(acc, 4),
                          "relative": _relative(acc, acc0), "status": status, "n": n})
-    acc0 = ref["mmbench"]["circular"] if ref else mmb["circular"]
-    rows.append({**meta, "split": "mmbench", "modality": "all", "accuracy": round(mmb["circular"], 4),
-                 "relative": _relative(mmb["circular"], acc0), "status": status, "n": mmb["groups"]})
+    # MMBench: "mmbench" = CircularEval, "mmbench_vanilla" = rotation-0 rows only; n = question groups for both
+    for split, key in (("mmbench", "circular"), ("mmbench_vanilla", "vanilla")):
+        acc0 = ref["mmbench"][key] if ref else mmb[key]
+        rows.append({**meta, "split": split, "modality": "all", "accuracy": round(mmb[key], 4),
+                     "relative": _relative(mmb[key], acc0), "status": status, "n": mmb["groups"]})
     return rows
 
 
@@ -165,8 +215,8 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> Path:
     t0 = time.time()
     ctx = Context(cfg, out, log)
     manifest.update({"data": ctx.paths, "models": {k: str(v) for k, v in ctx.models.items()},
-                     "mmbench_scoring": cfg.eval.scoring or "model default",
-                     "mmbench_subset_groups": cfg.eval.mmbench_groups})
+                     "mmbench_scoring": ctx.scoring, "mmbench_subset_groups": cfg.eval.mmbench_groups,
+                     "protocol": _protocol_record(cfg, ctx)})
     if ctx.world is not None:
         manifest["mini_world"] = {"path": str(ctx.world),
                                   "build": json.loads((ctx.world / "build.json").read_text())["accuracy"]}
@@ -242,7 +292,8 @@ def _selection(ctx: Context) -> dict:
         accuracy[p.id] = round(100.0 * sum(q["correct"] for q in preds) / len(preds), 2) if preds else 0.0
     chosen = select_known(ctx.celebrities, accuracy, pt.select, pt.min_accuracy)
     sel = {"rule": f"top {pt.select} by base accuracy (both forms), ties by ID, min {pt.min_accuracy}%",
-           "accuracy": accuracy, "selected": [p.id for p in chosen]}
+           "accuracy": accuracy, "selected": [p.id for p in chosen],
+           "demo_people": 0}  # celebrities zero-shot, as MLLMU-Bench's Retain_Set
     atomic_write_json(path, sel)
     return sel
 
@@ -250,13 +301,23 @@ def _selection(ctx: Context) -> dict:
 def _scenario_sets(ctx: Context, scenario: str, seed: int, selection):
     """(unlearn people, retain people, folds, model phase, forget-sample builder) for one scenario and seed."""
     cfg = ctx.cfg
+    fmt = (lambda tpl: MLLMU) if cfg.unlearn.format == "mllmu" else (lambda tpl: tpl)
     if scenario == "pretrained":
         people = [p for p in ctx.celebrities if p.id in set(selection["selected"])]
         unlearn, retain = split_people(people, cfg.scenario.pretrained.unlearn, seed, "pretrained")
-        return unlearn, retain, None, "pretrained", lambda ps, tpl: mcq_samples(ps, tpl)
+        return unlearn, retain, None, "pretrained", lambda ps, tpl: mcq_samples(ps, fmt(tpl))
     unlearn, retain = split_people(ctx.fictional, cfg.scenario.finetuned.unlearn, seed, "finetuned")
     folds = make_folds(unlearn, cfg.scenario.sustainability.folds, seed) if scenario == "sustainability" else None
-    return unlearn, retain, folds, "finetuned", lambda ps, tpl: pair_samples(ctx.train_pairs, ps, tpl)
+    if cfg.unlearn.data == "ft_data":
+        return unlearn, retain, folds, "finetuned", lambda ps, tpl: pair_samples(ctx.train_pairs, ps, fmt(tpl))
+    return unlearn, retain, folds, "finetuned", lambda ps, tpl: mcq_samples(ps, fmt(tpl))
+
+
+def _eval_sets(ctx, scenario: str, unlearn, retain) -> dict[str, tuple[list, int]]:
+    """The evaluated sets with their few-shot demo people: the pre-trained scenario's celebrities zero-shot (as
+    MLLMU-Bench evaluates Retain_Set, and as the selection does), the fictional sets eval.demo_people each."""
+    n = 0 if scenario == "pretrained" else ctx.cfg.eval.demo_people
+    return {"unlearn": (unlearn, n), "retain": (retain, n)}
 
 
 def _request0(ctx, scenario, seed, phase, unlearn, retain, folds) -> dict:
@@ -269,7 +330,7 @@ def _request0(ctx, scenario, seed, phase, unlearn, retain, folds) -> dict:
         mcq, mmb = done["mcq"], done["mmbench"]
     else:
         lm, enc = ctx.model(phase)
-        mcq, mmb = ctx.evaluate(lm, enc, unlearn + retain)
+        mcq, mmb = ctx.evaluate(lm, enc, _eval_sets(ctx, scenario, unlearn, retain))
     cell = {"mcq": mcq, "mmbench": mmb, "splits": _splits(scenario, unlearn, retain, folds, 0)}
     atomic_write_json(path, cell)
     return cell
@@ -287,9 +348,10 @@ def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, fo
     model = lm.model
     for r in range(1, last + 1):  # resume: rebuild the model after request `last`
         model = apply_saved(model, folder / f"request{r}.adapter")
-    u = ctx.cfg.unlearn
-    ucfg = UnlearnConfig(steps=u.steps, lr=u.lr, batch_size=u.batch_size, mode=u.mode, lora_rank=u.lora_rank,
-                         lora_alpha=u.lora_alpha, mask=u.mask, params=u.params)
+    ucfg = ctx.cfg.unlearn  # the recipe itself; the pre-trained scenario may set its own mode
+    if scenario == "pretrained" and ctx.cfg.scenario.pretrained.mode:
+        from dataclasses import replace
+        ucfg = replace(ucfg, mode=ctx.cfg.scenario.pretrained.mode)
     retain_samples = forget_of(retain, lm.template)
     for r in range(last + 1, len(requests) + 1):
         forget_samples = forget_of(requests[r - 1], lm.template)
@@ -303,10 +365,11 @@ def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, fo
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         lm.model = model
-        mcq, mmb = ctx.evaluate(lm, enc, unlearn + retain)
+        mcq, mmb = ctx.evaluate(lm, enc, _eval_sets(ctx, scenario, unlearn, retain))
         meta = {"scenario": scenario, "method": method, "target": target, "seed": seed, "request": r}
-        cell = {"meta": meta, "status": result.status, "losses": result.losses, "mcq": mcq, "mmbench": mmb,
-                "splits": _splits(scenario, unlearn, retain, folds, r), "request_seed": request_seed}
+        cell = {"meta": meta, "status": result.status, "losses": result.losses, "training": result.info,
+                "mcq": mcq, "mmbench": mmb, "splits": _splits(scenario, unlearn, retain, folds, r),
+                "request_seed": request_seed}
         atomic_write_json(folder / f"request{r}.json", cell)
 
 

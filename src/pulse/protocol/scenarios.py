@@ -3,6 +3,10 @@
 - finetuned: the model fine-tuned on N fictional people unlearns `unlearn` of them in one request.
 - pretrained: the base model's best-known celebrities (selected by its own accuracy) are split; one request.
 - sustainability: the fine-tuned scenario's unlearn set in K disjoint folds, unlearned one request after another.
+
+What a request unlearns is the same kind of data in every scenario (`unlearn.data`): by default each person's 10
+MCQs as QA pairs, half image, half text (`mcq_samples`); `ft_data` uses MLLMU-Bench's training-flavour pairs
+(`pair_samples`; image form only in the real MLLMU-Bench), which exist for the fictional people only.
 """
 from __future__ import annotations
 
@@ -40,8 +44,9 @@ def select_known(people: list[Person], accuracy: dict[str, float], n: int, min_a
 
 
 def mcq_samples(people: list[Person], template) -> list[Sample]:
-    """QA derived from the MCQs (question + correct option text), both forms: used where no training data exists
-    (pre-trained knowledge)."""
+    """Each person's MCQs as QA (question -> correct option text), both forms: the paper's Table 2 unlearning data
+    ("each individual is associated with 10 questions — half text-only and half multimodal"), the default
+    (`unlearn.data: mcq`) in every scenario."""
     return [Sample(template.prompt(m.question, image=m.form == "image"), m.options[m.answer],
                    p.image if m.form == "image" else None)
             for p in people for m in p.image_mcqs + p.text_mcqs]

@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:  # overrides given after options, e.g. `pulse run cfg.yaml --out D seeds=[0]`
         a.args += extra
-    handler = {"run": cmd_run, "finetune": cmd_finetune, "eval": cmd_eval, "mmbench": cmd_mmbench, "mini": cmd_mini, "data": cmd_data,
-               "report": cmd_report}[a.command]
+    handler = {"run": cmd_run, "finetune": cmd_finetune, "eval": cmd_eval, "mmbench": cmd_mmbench, "mini": cmd_mini,
+               "data": cmd_data, "report": cmd_report}[a.command]
     try:
         return handler(a)
     except PulseError as e:

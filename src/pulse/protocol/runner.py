@@ -21,6 +21,7 @@ import platform
 import shutil
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -350,7 +351,6 @@ def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, fo
         model = apply_saved(model, folder / f"request{r}.adapter")
     ucfg = ctx.cfg.unlearn  # the recipe itself; the pre-trained scenario may set its own mode
     if scenario == "pretrained" and ctx.cfg.scenario.pretrained.mode:
-        from dataclasses import replace
         ucfg = replace(ucfg, mode=ctx.cfg.scenario.pretrained.mode)
     retain_samples = forget_of(retain, lm.template)
     for r in range(last + 1, len(requests) + 1):

@@ -226,6 +226,14 @@ def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw)
 
 
+def _apply_overrides(tree: dict, overrides) -> None:
+    for item in overrides:
+        if "=" not in item:
+            raise PulseError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     """Read YAML (or the built-in mini defaults, configs/mini/default.yaml, when `path` is None), apply overrides,
     validate. The dataclass defaults are the paper/MLLMU-Bench values; the mini's own recipe lives in its YAML."""
@@ -242,11 +250,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
             tree = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise PulseError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
-    for item in overrides:
-        if "=" not in item:
-            raise PulseError(f"override {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), raw)
+    _apply_overrides(tree, overrides)
     cfg = _build(RunConfig, tree, where)
     validate(cfg, where)
     return cfg
@@ -363,11 +367,7 @@ def load_finetune(overrides: list[str] = (), base: FinetuneSection | None = None
     from .models.targets import TARGETS
 
     tree = {k: v for k, v in dataclasses.asdict(base).items()} if base is not None else {}
-    for item in overrides:
-        if "=" not in item:
-            raise PulseError(f"override {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), raw)
+    _apply_overrides(tree, overrides)
     ft = _build(FinetuneSection, tree, where)
     validate_recipe(ft, "finetune", where)
     if ft.mode not in ("lora", "full"):

@@ -2,7 +2,8 @@
 
 Reference: /work/shared/reference/mmbench.md §2-4 and §7. The prompt is the official LLaVA-1.5 one
 (`llava/eval/model_vqa_mmbench.py`, `vicuna_v1`); extraction is VLMEvalKit's exact matching (`can_infer`,
-vlmeval/utils/matching_util.py at commit e8e78f05), with no LLM judge: anything unresolved is `Z` and scores 0.
+vlmeval/utils/matching_util.py at commit e8e78f05, plus the "answer is X" regex its later commit a67ace50 added),
+with no LLM judge: anything unresolved is `Z` and scores 0.
 CircularEval runs at scoring time over the rotations already present in the TSV.
 """
 from __future__ import annotations

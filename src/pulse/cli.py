@@ -1,7 +1,11 @@
-"""The `pulse` command. User errors (PulseError) print as one line, exit code 2; `--debug` shows the traceback."""
+"""The `pulse` command. Every user error (PulseError, a bad argument, a file system error such as a full disk)
+prints as one line on stderr, exit code 2; `--debug` (before or after the subcommand) shows the traceback. Ctrl-C
+exits 130 with one line. Checks that need no model run before any build or evaluation (`_preflight_run`).
+"""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -9,6 +13,11 @@ import warnings
 from pathlib import Path
 
 from .errors import PulseError
+
+INTERRUPTED = "interrupted — rerun the same command to resume"
+INTERRUPTED_BY_COMMAND = {"run": INTERRUPTED, "finetune": INTERRUPTED,
+                          "mini": "interrupted — rerun the same command to build again"}
+DISK_FULL = "free some space and rerun the same command to resume (files written before are intact)"
 
 COMMANDS = {
     "run": "run the PULSE protocol (default: the mini world, 3 scenarios x ga/ga_klr/npo, Table 3, 2 seeds)",
@@ -21,10 +30,30 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int):
+    """argparse type: an integer >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pulse", description="PULSE: practical evaluation of unlearning in LMMs.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p = _Parser(prog="pulse", description="PULSE: practical evaluation of unlearning in LMMs.",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show tracebacks (also accepted after the subcommand)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
 
     r = sub.add_parser("run", help=COMMANDS["run"], description=COMMANDS["run"])
@@ -43,22 +72,22 @@ def _parser() -> argparse.ArgumentParser:
         e.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
         e.add_argument("--template", help="prompt template name (llava-1.5, plain); default: the checkpoint's")
         e.add_argument("--trust-remote-code", action="store_true")
-        e.add_argument("--batch-size", type=int, default=64)
+        e.add_argument("--batch-size", type=_int_at_least(1), default=64)
         e.add_argument("--json", action="store_true", help="print JSON")
         if name == "eval":
             e.add_argument("--data", required=True, type=Path, help="MLLMU-Bench folder (local clone)")
             e.add_argument("--config", required=True, help="config name, e.g. forget_10, Retain_Set, Test_Set")
-            e.add_argument("--demo-people", type=int,
+            e.add_argument("--demo-people", type=_int_at_least(0),
                            help="generate mode: few-shot demo people (0 = zero-shot); default 1, Retain_Set 0")
             e.add_argument("--forget", metavar="CONFIG",
                            help="evaluate only the people of this config (e.g. forget_10), as MLLMU-Bench's test "
                                 "mode does with Test_Set; demo people are drawn from these IDs")
-            e.add_argument("--seed", type=int, default=0, help="demo-person and Test_Set image draws")
+            e.add_argument("--seed", type=_int_at_least(0), default=0, help="demo-person and Test_Set image draws")
             e.add_argument("--predictions", type=Path, help="write per-question predictions (JSON) here")
         else:
             e.add_argument("--tsv", required=True, type=Path)
-            e.add_argument("--groups", type=int, help="seeded subset of N question groups (labelled)")
-            e.add_argument("--max-new-tokens", type=int, default=1024,
+            e.add_argument("--groups", type=_int_at_least(1), help="seeded subset of N question groups (labelled)")
+            e.add_argument("--max-new-tokens", type=_int_at_least(1), default=1024,
                            help="generate scoring: at most N new tokens, stopping at EOS (LLaVA-1.5: 1024)")
             e.add_argument("--predictions", type=Path,
                            help="write one JSON line per TSV row here: index, prompt, output, prediction")
@@ -69,23 +98,27 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", help=COMMANDS["finetune"], description=COMMANDS["finetune"])
     f.add_argument("args", nargs="*", metavar="key=value",
                    help="recipe overrides (finetune section), e.g. lr=1e-4 save_every=500 gradient_checkpointing=true")
-    f.add_argument("--model", required=True, help="base checkpoint directory (e.g. a copy of llava-hf/llava-1.5-13b-hf)")
+    f.add_argument("--model", required=True,
+                   help="base checkpoint directory (e.g. a copy of llava-hf/llava-1.5-13b-hf)")
     f.add_argument("--data", required=True, type=Path, help="MLLMU-Bench folder (local clone; Full_Set, ft_Data)")
-    f.add_argument("--out", required=True, type=Path, help="output checkpoint directory, must not exist (an interrupted run resumes from OUT.partial)")
-    f.add_argument("--people", type=int, help="the first N Full_Set people by ID (default 100, as the paper)")
-    f.add_argument("--epochs", type=int, help="epochs (default 5, MLLMU-Bench's README)")
-    f.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
+    f.add_argument("--out", required=True, type=Path,
+                   help="output checkpoint directory, must not exist (an interrupted run resumes from OUT.partial)")
+    f.add_argument("--people", type=_int_at_least(1),
+                   help="the first N Full_Set people by ID (default 100, as the paper)")
+    f.add_argument("--epochs", type=_int_at_least(1), help="epochs (default 5, MLLMU-Bench's README)")
+    f.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
     f.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     f.add_argument("--template", help="prompt template of the final MCQ evaluation; default: the checkpoint's")
 
     m = sub.add_parser("mini", help=COMMANDS["mini"], description=COMMANDS["mini"])
-    msub = m.add_subparsers(dest="mini_command", required=True)
+    msub = m.add_subparsers(dest="mini_command", required=True, metavar="build")
     b = msub.add_parser("build", help="generate the world and train the tiny LLaVA (about 10 min on 2 cores)")
     b.add_argument("--out", required=True, type=Path)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=_int_at_least(0), default=0)
 
     d = sub.add_parser("data", help=COMMANDS["data"], description=COMMANDS["data"])
-    dsub = d.add_subparsers(dest="data_command", required=True)
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="check")
     c = dsub.add_parser("check", help="validate PATH (MLLMU-Bench folder or MMBench .tsv)")
     c.add_argument("path", type=Path)
     c.add_argument("--json", action="store_true")
@@ -108,6 +141,85 @@ def _split_run_args(args: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
+def _check_output_dir(path: Path, label: str) -> None:
+    """`path` will be created if missing and written into: refused if it (or a parent) is a file, or if the first
+    existing folder on its way is not writable (read-only file system, permissions). `label` names it for the user
+    (e.g. `--out runs/x`)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PulseError(f"{label}: exists and is not a directory")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PulseError(f"{label}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PulseError(f"{label}: {existing} is not writable")
+
+
+def _check_output_file(path: Path | None, flag: str) -> None:
+    """A file to be written at the end of a command, checked before the work starts."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise PulseError(f"{flag} {path}: is a directory; give a file name (e.g. {path / 'predictions.json'})")
+    _check_output_dir(path.parent, f"{flag} {path}")
+
+
+def _mini_world_built(cfg, root: Path) -> bool:
+    """Whether ensure_mini would find this config's world already built under `root` (so nothing is written)."""
+    from dataclasses import replace
+
+    from .mini.build import PRESETS
+    from .mini.cache import world_key
+    preset = PRESETS[cfg.mini.size]
+    build = replace(preset, world=replace(preset.world, seed=cfg.mini.seed), seed=cfg.mini.seed)
+    return (root / f"mini-{world_key(build)}" / "build.json").is_file()
+
+
+def _preflight_run(cfg, out: Path, out_label: str) -> None:
+    """Everything `pulse run` can check before building the mini world or loading a model: the device, the run
+    directory, the mini-world cache, and for real data the checkpoints (config, sidecar, safetensors headers) and
+    the MMBench TSV (answers present, eval.mmbench_groups within its groups)."""
+    from .models.load import check_checkpoint, resolve_device, resolve_dtype
+
+    try:
+        device = resolve_device(cfg.model.device)
+    except PulseError as e:
+        raise PulseError(f"model.device: {e}") from None
+    try:
+        resolve_dtype(cfg.model.dtype, device)
+    except PulseError as e:
+        raise PulseError(f"model.dtype: {e}") from None
+    _check_output_dir(out, out_label)
+    if cfg.uses_mini:
+        env = os.environ.get("PULSE_CACHE")
+        label = f"PULSE_CACHE={env}" if env else f"mini.cache {cfg.mini.cache}"
+        root = Path(env or cfg.mini.cache).expanduser()
+        if root.exists() and not root.is_dir():
+            raise PulseError(f"{label}: {root} is a file, not a directory (the mini world's cache folder)")
+        if not _mini_world_built(cfg, root):
+            _check_output_dir(root, label)
+        from .mini.build import PRESETS
+        groups = PRESETS[cfg.mini.size].world.n_mmbench
+        if cfg.eval.mmbench_groups is not None and cfg.eval.mmbench_groups > groups:
+            raise PulseError(f"eval.mmbench_groups={cfg.eval.mmbench_groups}: the {cfg.mini.size} mini world's "
+                             f"MMBench has only {groups} question groups (null = all)")
+        return
+    from .data.mmbench import check_answers
+    for key in ("pretrained", "finetuned"):
+        path = Path(getattr(cfg.model, key)).expanduser()
+        if path.exists():  # else a hub ID (config validation)
+            try:
+                check_checkpoint(path)
+            except PulseError as e:
+                raise PulseError(f"model.{key}: {e}") from None
+    groups = check_answers(Path(cfg.data.mmbench).expanduser())
+    if cfg.eval.mmbench_groups is not None and cfg.eval.mmbench_groups > groups:
+        raise PulseError(f"eval.mmbench_groups={cfg.eval.mmbench_groups}: {cfg.data.mmbench} has only {groups} "
+                         f"question groups (null = all)")
+
+
 def cmd_run(a) -> int:
     from .config import load_config
     from .protocol.runner import run
@@ -115,6 +227,7 @@ def cmd_run(a) -> int:
     config, overrides = _split_run_args(a.args)
     cfg = load_config(config, overrides)
     out = a.out or Path("runs") / cfg.name
+    _preflight_run(cfg, out, f"--out {out}" if a.out else f"run directory {out}")
     run_dir = run(cfg, out)
     df = __import__("pandas").read_csv(run_dir / "results.csv")
     print(f"results: {run_dir / 'results.csv'} ({len(df)} rows)")
@@ -122,6 +235,12 @@ def cmd_run(a) -> int:
         from .report import build_report
         print(f"report:  {build_report([run_dir], run_dir / 'report')}")
     return 0
+
+
+def _check_device(a) -> None:
+    """--device and --dtype exist on this machine, before any data is read."""
+    from .models.load import resolve_device, resolve_dtype
+    resolve_dtype(a.dtype, resolve_device(a.device))
 
 
 def _load(a):
@@ -136,6 +255,8 @@ def cmd_eval(a) -> int:
     from .data.mllmu import CELEBRITY_SET, FULL_SET, read_people
     from .eval.mcq import evaluate_mcq
 
+    _check_output_file(a.predictions, "--predictions")
+    _check_device(a)
     people = read_people(a.data, a.config, test_image_seed=a.seed)
     if a.forget:  # eval.py test mode: id_list = the forget config's IDs, rows from the evaluated config
         ids = [p.id for p in read_people(a.data, a.forget)]
@@ -173,11 +294,17 @@ def cmd_eval(a) -> int:
 
 
 def cmd_mmbench(a) -> int:
-    from .data.mmbench import read_mmbench
+    from .data.mmbench import read_mmbench, require_answers
     from .eval.mmbench import evaluate_mmbench, subset_groups
 
+    _check_output_file(a.predictions, "--predictions")
+    _check_device(a)
     items = read_mmbench(a.tsv)
+    require_answers(items, a.tsv)
     if a.groups:
+        n = len({it.group for it in items})
+        if a.groups > n:
+            raise PulseError(f"--groups {a.groups}: {a.tsv} has only {n} question groups")
         items = subset_groups(items, a.groups, seed=0)
     res = evaluate_mmbench(_load(a), items, scoring=a.scoring, batch_size=a.batch_size,
                            max_new_tokens=a.max_new_tokens, image=a.image)
@@ -190,7 +317,8 @@ def cmd_mmbench(a) -> int:
     if a.json:
         print(json.dumps(res))
         return 0
-    label = "" if res["scoring"] == "generate" else " (likelihood variant: non-standard, not comparable to published MMBench)"
+    label = "" if res["scoring"] == "generate" else \
+        " (likelihood variant: non-standard, not comparable to published MMBench)"
     print(f"MMBench{label}: circular {res['circular']:.1f}%, vanilla {res['vanilla']:.1f}% "
           f"({res['groups']} questions, {res['rows']} rows, {res['z_share']:.1f}% unanswered)")
     for cat, v in sorted(res["per_category"].items()):
@@ -208,11 +336,15 @@ def cmd_finetune(a) -> int:
             raise PulseError(f"unexpected argument {item!r}: give key=value recipe overrides")
     overrides += [f"{k}={v}" for k, v in (("people", a.people), ("epochs", a.epochs)) if v is not None]
     ft = load_finetune(overrides)
+    if a.out.exists() and not a.out.is_dir():
+        raise PulseError(f"--out {a.out}: exists and is not a directory")
+    _check_output_dir(a.out.parent, f"--out {a.out}")
     try:
         rec = run_finetune(a.model, a.data, a.out, ft, device=a.device, dtype=a.dtype, template=a.template)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: rerun the same command to resume from the last checkpoint in "
-              f"{a.out.with_name(a.out.name + '.partial')}", file=sys.stderr)
+        _fresh_line()
+        print(f"{INTERRUPTED} from the last checkpoint in {a.out.with_name(a.out.name + '.partial')}",
+              file=sys.stderr)
         return 130
     acc = rec["mcq_accuracy"]
     print(f"fine-tuned model: {a.out} ({rec['training']['steps']} steps, final loss {rec['losses']['last']:.3f}; "
@@ -226,6 +358,9 @@ def cmd_mini(a) -> int:
     from .mini.build import BuildConfig, build_mini
     from .mini.world import WorldConfig
 
+    if a.out.exists():
+        raise PulseError(f"--out {a.out}: already exists; choose a new --out or delete it")
+    _check_output_dir(a.out.parent, f"--out {a.out}")
     build_mini(a.out, BuildConfig(world=WorldConfig(seed=a.seed), seed=a.seed))
     print(f"mini world: {a.out}")
     return 0
@@ -254,25 +389,75 @@ def cmd_report(a) -> int:
     return 0
 
 
+def _fresh_line() -> None:
+    """End a progress bar's line on stderr, so the message that follows is a line of its own."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    if getattr(tqdm, "_instances", None):
+        sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _os_message(e: OSError) -> str:
+    """One line for an OSError that reached the top: file, reason, and for a full disk what to do."""
+    text = " ".join((e.strerror or str(e)).split())
+    if e.filename is not None:
+        text = f"{e.filename}: {text}"
+    return text
+
+
+def _disk_full(e: BaseException) -> bool:
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__
+    return False
+
+
+def _split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """`--debug` anywhere before a `--` (before or after the subcommand): removed, and reported."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [x for x in argv[:end] if x != "--debug"] + argv[end:]
+    return kept, len(kept) != len(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # peft's merge calls a transformers property deprecated in v5; harmless, and noise for users
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     parser = _parser()
     a, extra = parser.parse_known_args(argv)
     if extra and (a.command not in ("run", "finetune") or any(x.startswith("-") for x in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:  # overrides given after options, e.g. `pulse run cfg.yaml --out D seeds=[0]`
         a.args += extra
+    a.debug = debug
     handler = {"run": cmd_run, "finetune": cmd_finetune, "eval": cmd_eval, "mmbench": cmd_mmbench, "mini": cmd_mini,
                "data": cmd_data, "report": cmd_report}[a.command]
     try:
         return handler(a)
-    except PulseError as e:
-        if a.debug:
+    except KeyboardInterrupt:
+        if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        _fresh_line()
+        print(INTERRUPTED_BY_COMMAND.get(a.command, "interrupted"), file=sys.stderr)
+        return 130
+    except (PulseError, OSError) as e:
+        if debug:
+            raise
+        _fresh_line()
+        text = str(e) if isinstance(e, PulseError) else _os_message(e)
+        if _disk_full(e):
+            text += f"; {DISK_FULL}"
+        print(f"error: {' '.join(text.split())}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch's out-of-memory errors (CUDA, MPS) subclass RuntimeError
+        if debug or "out of memory" not in str(e).lower():
+            raise
+        _fresh_line()
+        print("error: out of memory on the device: lower eval.batch_size / unlearn.batch_size (or --batch-size), "
+              "or use a smaller dtype; rerun the same command to resume", file=sys.stderr)
         return 2
 
 

@@ -134,7 +134,27 @@ def _read_file(file: Path) -> tuple[list[str], list[dict]]:
         table = pq.read_table(file)
     except (pa.ArrowException, OSError, ValueError) as e:
         raise PulseError(f"{file}: not a readable parquet file ({_one_line(e)})") from e
-    return table.column_names, table.to_pylist()
+    try:
+        return table.column_names, table.to_pylist()
+    except UnicodeDecodeError:  # a string column holding bytes that are not UTF-8 (Arrow checks only on use)
+        _fail_utf8(file, table)
+
+
+def _fail_utf8(file: Path, table) -> None:
+    """PulseError naming the row (and ID) and column of the first string that is not valid UTF-8."""
+    for name in table.column_names:
+        column = table.column(name)
+        for i in range(len(column)):
+            try:
+                column.slice(i, 1).to_pylist()
+            except UnicodeDecodeError as e:
+                try:
+                    person_id = table.column("ID").slice(i, 1).to_pylist()[0] if "ID" in table.column_names else None
+                except UnicodeDecodeError:
+                    person_id = None
+                _fail(_row_loc(file, i, person_id), name, f"text is not valid UTF-8 (byte 0x{e.object[e.start]:02x} "
+                      f"at position {e.start}); re-export the file with UTF-8 strings")
+    raise PulseError(f"{file}: text is not valid UTF-8; re-export the file with UTF-8 strings")
 
 
 def _columns_of(file: Path) -> list[str]:

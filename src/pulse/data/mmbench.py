@@ -185,6 +185,42 @@ def write_mmbench(path, items: list[MMBenchItem]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+NO_ANSWER = ("PULSE scores MMBench locally, against the answers: use the dev split (e.g. MMBench_DEV_EN.tsv); "
+             "the test split is scored only by the official server")
+
+
+def require_answers(items: list[MMBenchItem], path) -> None:
+    """Every row must carry its answer (CircularEval needs them); a PulseError naming the first row without one."""
+    missing = [it for it in items if it.answer is None]
+    if missing:
+        raise PulseError(f"{path}, index {missing[0].index}, field answer: no answer ({len(missing)} of "
+                         f"{len(items)} rows); {NO_ANSWER}")
+
+
+def check_answers(path) -> int:
+    """Cheap up-front check (only the index and answer columns are parsed, no image decoded): the TSV has an
+    answer in every row. Returns the number of question groups (index % 1_000_000)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PulseError(f"{path}: MMBench TSV not found")
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False,
+                         usecols=lambda c: c in ("index", "answer"))
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
+        raise PulseError(f"{path}: not a readable TSV ({_one_line(e)})") from e
+    if "answer" not in df.columns:
+        raise PulseError(f"{path}, field answer: missing column; {NO_ANSWER}")
+    empty = df.index[df["answer"].isin(PANDAS_NA)]
+    if len(empty):
+        i = int(empty[0])
+        raise PulseError(f"{path}, line {i + 2} (index {df['index'].iloc[i] if 'index' in df else '?'}), "
+                         f"field answer: empty ({len(empty)} of {len(df)} rows); {NO_ANSWER}")
+    try:
+        return len({int(v) % GROUP for v in df["index"]})
+    except (KeyError, ValueError):
+        raise PulseError(f"{path}, field index: missing column or not integers") from None
+
+
 def check_mmbench(path) -> dict:
     """Read and validate a TSV; every group must contain its original row. Returns {"questions", "rows"}."""
     items = read_mmbench(path)

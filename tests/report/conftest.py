@@ -100,17 +100,116 @@ def make_results(seeds=SEEDS, scenarios=("finetuned", "pretrained", "sustainabil
     return pd.DataFrame(rows, columns=columns)
 
 
+# --- issue 8 rows: checkpoints (curves), matched forgetting, probes -------------------------------------------
+# Checkpoints of request 1 at steps 0, 2, 4 (fine-tuned and pre-trained, target proj+llm): accuracy of seed index i
+# = START + 2 i - SLOPE * step, splits unlearn_sel / retain_sel / mmbench_sub (and mmbench_sub_vanilla = + 10).
+STEPS = (0, 2, 4)
+START = {"unlearn_sel": 80.0, "retain_sel": 70.0, "mmbench_sub": 60.0}
+SLOPE = {"ga": {"unlearn_sel": 15.0, "retain_sel": 5.0, "mmbench_sub": 2.0},
+         "ga_klr": {"unlearn_sel": 2.5, "retain_sel": 1.0, "mmbench_sub": 0.25},
+         "npo": {"unlearn_sel": 10.0, "retain_sel": 2.0, "mmbench_sub": 1.0}}
+TARGET = 55.0  # unlearn_sel <= 55: GA stops at step 2, NPO at step 4, GA+KLR never (80, 75, 70): not_reached
+STOP = {"ga": 2, "npo": 4}
+# Matched rows (request 1, at the stop): accuracy = request-0 accuracy x (factor + 0.02 i); relative left EMPTY so
+# that the report computes it from request 0 (request-0 held-out rows = the same BASE values as unlearn / retain).
+MATCHED = {
+    ("finetuned", "ga", "proj+llm"): {"unlearn": (0.50, 0.70), "retain": (0.80, 0.90), "mmbench": 0.98},
+    ("finetuned", "npo", "proj+llm"): {"unlearn": (0.55, 0.75), "retain": (0.85, 0.90), "mmbench": 0.99},
+    ("finetuned", "ga", "llm"): {"unlearn": (0.50, 0.60), "retain": (0.70, 0.80), "mmbench": 0.90},
+    ("pretrained", "ga", "proj+llm"): {"unlearn": (0.60, 0.80), "retain": (0.60, 0.70), "mmbench": 0.50},
+    ("pretrained", "npo", "proj+llm"): {"unlearn": (0.60, 0.80), "retain": (0.60, 0.70), "mmbench": 0.60},
+}
+# Probes (fine-tuned, request 1, modality all), as protocol/probes.py writes them. Routes and quant on split unlearn,
+# relative to u = the unlearned D_unlearn accuracy and p = the request-0 accuracy of the same seed (index i):
+# routes image u/2, text u+5, Test_Set u+2, name only u+6, all u+10+2i (request 0: p); quant8 u+1, quant4 u+8
+# (request-0 baselines p-0.5, p-3: gains 1.5 and 11 points). Relearning on the measured half: request 0 p,
+# request 1 u, after the attack u+(p-u)/2 (recovery 50 %); the control (method never_learned) 20 before, 26 + i after.
+PROBE_PLUS = {"route_image": lambda u, i: u / 2, "route_text": lambda u, i: u + 5,
+              "route_test_set": lambda u, i: u + 2, "route_name_only": lambda u, i: u + 6,
+              "route_all": lambda u, i: u + 10 + 2 * i, "quant8": lambda u, i: u + 1, "quant4": lambda u, i: u + 8}
+PROBE_BASE = {"route_image": 0.0, "route_text": 0.0, "route_test_set": 0.0, "route_name_only": 0.0,
+              "route_all": 0.0, "quant8": -0.5, "quant4": -3.0}
+
+
+def make_full(seeds=SEEDS, probes=True, matched=True, checkpoints=True) -> pd.DataFrame:
+    """make_results() with the issue-8 columns and rows (at budget + request 0 held-out / selection splits,
+    checkpoints, matched forgetting, probes)."""
+    df = make_results(seeds=seeds)
+    df["probe"], df["step"], df["at"] = "none", None, "budget"
+    rows = []
+
+    def row(**kw):
+        base = dict(probe="none", step=None, at="budget", status="ok", relative=None, n=100)
+        rows.append({**base, **kw})
+
+    for i, seed in enumerate(seeds):
+        for (scenario, method, target) in FACTORS:
+            c0 = _cells(scenario, None, i)
+            for half in ("held", "sel"):  # request-0 rows of the halves: same values as the whole split
+                for split in ("unlearn", "retain"):
+                    for modality, acc in c0[split].items():
+                        row(scenario=scenario, method=method, target=target, seed=seed, request=0,
+                            split=f"{split}_{half}", modality=modality, accuracy=acc, relative=100.0)
+            if checkpoints and target == "proj+llm":
+                for step in STEPS:
+                    for split, start in START.items():
+                        acc = start + 2 * i - SLOPE[method][split] * step
+                        row(scenario=scenario, method=method, target=target, seed=seed, request=1, split=split,
+                            modality="all", accuracy=acc, step=step, at="checkpoint")
+                        if split == "mmbench_sub":
+                            row(scenario=scenario, method=method, target=target, seed=seed, request=1,
+                                split="mmbench_sub_vanilla", modality="all", accuracy=acc + 10, step=step,
+                                at="checkpoint")
+            if not matched:
+                continue
+            factors = MATCHED.get((scenario, method, target))
+            cells = _cells(scenario, factors, i) if factors else _cells(scenario, None, i)
+            for split, mods in cells.items():
+                name = {"unlearn": "unlearn_held", "retain": "retain_held"}[split] if split != "mmbench" else split
+                for s_name in ([name, "mmbench_vanilla"] if split == "mmbench" else [name]):
+                    for modality, acc in mods.items():
+                        kw = dict(scenario=scenario, method=method, target=target, seed=seed, request=1,
+                                  split=s_name, modality=modality, at="matched")
+                        if factors:
+                            row(accuracy=acc + (10 if s_name == "mmbench_vanilla" else 0),
+                                step=STOP.get(method, 4), **kw)
+                        else:
+                            row(accuracy=None, status="not_reached", step=STEPS[-1], **kw)
+        if probes:
+            for split, acc in (("relearn_measured", 20.0), ("relearn_measured_attacked", 26.0 + i)):
+                row(scenario="finetuned", method="never_learned", target="proj+llm", seed=seed, request=0,
+                    split=split, modality="all", accuracy=acc, probe="relearn")
+            for method, target in (("ga", "proj+llm"), ("ga_klr", "proj+llm"), ("npo", "proj+llm"), ("ga", "llm")):
+                c0 = _cells("finetuned", None, i)["unlearn"]["all"]
+                u = _cells("finetuned", FACTORS[("finetuned", method, target)], i)["unlearn"]["all"]
+                for probe, plus in PROBE_PLUS.items():
+                    row(scenario="finetuned", method=method, target=target, seed=seed, request=1, split="unlearn",
+                        modality="all", accuracy=plus(u, i), probe=probe)
+                    row(scenario="finetuned", method=method, target=target, seed=seed, request=0, split="unlearn",
+                        modality="all", accuracy=c0 + PROBE_BASE[probe], probe=probe)
+                for request, split, acc in ((0, "relearn_measured", c0), (1, "relearn_measured", u),
+                                            (1, "relearn_measured_attacked", u + (c0 - u) / 2)):
+                    row(scenario="finetuned", method=method, target=target, seed=seed, request=request, split=split,
+                        modality="all", accuracy=acc, probe="relearn")
+    extra = pd.DataFrame(rows, columns=list(df.columns))
+    return pd.concat([df, extra], ignore_index=True)
+
+
 def manifest(name="synthetic", seeds=SEEDS) -> dict:
     return {
         "config": {"name": name, "seeds": list(seeds),
                    "model": {"name": "llava-hf/llava-1.5-13b-hf", "dtype": "bfloat16"},
-                   "data": {"mllmu": "data/mllmu", "mmbench": "https://example.org/mmbench.tsv"}},
+                   "data": {"mllmu": "data/mllmu", "mmbench": "https://example.org/mmbench.tsv"},
+                   "eval": {"every": 2, "curve_mmbench_groups": 20},
+                   "unlearn": {"stop": {"rule": "never_learned", "margin": 0.0, "max_steps": 0}}},
         "seeds": list(seeds),
         "versions": {"python": "3.11", "torch": "2.13.0"},
         "git_commit": "abc1234",
         "selected_celebrities": [{"id": f"celeb_{i:03d}", "accuracy": 90.0 + i / 10} for i in range(25)],
         "folds": {"0": [[1, 2], [3, 4]], "1": [[2, 1], [4, 3]]},
         "mmbench_scoring": "likelihood",
+        "matched_targets": {f"{sc}/seed{s}": {"reference": TARGET, "margin": 0.0, "target": TARGET, "n": 100}
+                            for sc in ("finetuned", "pretrained") for s in seeds},
         "started": "2025-01-01T10:00:00",
         "finished": "2025-01-01T12:34:56",
     }
@@ -127,7 +226,8 @@ def write_run(path: Path, df: pd.DataFrame, man: dict | None = None) -> Path:
 def synth() -> SimpleNamespace:
     """The fixture builders, for tests that need variants (tests import no modules under --import-mode
     importlib)."""
-    return SimpleNamespace(make_results=make_results, write_run=write_run, manifest=manifest)
+    return SimpleNamespace(make_results=make_results, make_full=make_full, write_run=write_run, manifest=manifest,
+                           TARGET=TARGET)
 
 
 @pytest.fixture

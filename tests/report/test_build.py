@@ -149,5 +149,76 @@ def test_diverged_everywhere_is_reported(tmp_path, synth):
     labels = [t.get_text() for leg in figure5([run]).legends for t in leg.get_texts()]
     assert "every seed diverged" in labels
     section = diverged_html([run])
-    assert "<td>sustainability</td><td>GA</td><td>Proj,LLM</td><td>0</td><td>5</td>" in section
+    assert "<td>sustainability</td><td>GA</td><td>proj+llm</td><td>0</td><td>5</td>" in section
     assert seeds_phrase([1]) == "1 seed (no CI)" and seeds_phrase([2, 2]) == "mean of 2 seeds, 95% CI, Student t"
+
+
+NEW_FILES = ("figure4_matched.png", "figure4_matched.svg", "table3_matched.md", "table3_matched.csv",
+             "curves_finetuned.png", "curves_finetuned.svg", "curves_pretrained.png", "curves_pretrained.svg",
+             "probes.md", "probes.csv")
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory, synth):
+    """One run with checkpoints, matched forgetting and probes, built under umask 022."""
+    import os
+
+    run = synth.write_run(tmp_path_factory.mktemp("full") / "run_f", synth.make_full())
+    old = os.umask(0o022)
+    try:
+        report = build_report([run], run / "report")
+    finally:
+        os.umask(old)
+    return report
+
+
+def test_full_build_writes_the_issue8_outputs(full):
+    for name in FILES + NEW_FILES:
+        assert (full.parent / name).stat().st_size > 0, name
+    html = full.read_text()
+    imgs = re.findall(r"<img [^>]*>", html)
+    assert [re.search(r'id="([^"]+)"', t).group(1) for t in imgs] == [
+        "figure4", "figure4_matched", "figure5", "curves_finetuned", "curves_pretrained"]
+    for text in ('id="table3_matched"', "did not reach", 'id="probes-section"', "route: all routes (worst case)",
+                 "matched forgetting", "unlearn.stop: {rule: never_learned, margin: 0.0, max_steps: 0}",
+                 "MMBench subset of 20 groups (CircularEval, likelihood-scored)", "<td>P3</td>"):
+        assert text in html, text
+    found = json.loads((full.parent / "findings.json").read_text())
+    assert [(f["id"], f["at"]) for f in found] == [
+        ("F1", "budget"), ("F2", "budget"), ("F3", "budget"), ("F4", "budget"),
+        ("F1", "matched"), ("F2", "matched"), ("F3", "matched"), ("F4", "matched"),
+        ("P1", "budget"), ("P2", "budget"), ("P3", "budget")]
+    assert all(f["holds"] is not False for f in found)
+
+
+def test_outputs_are_group_readable(full):
+    import stat
+
+    for path in full.parent.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
+
+
+def test_fsutil_mode_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    from pulse.fsutil import atomic_write_json, atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        atomic_write_json(tmp_path / "b.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {0o640}
+    assert (tmp_path / "a.txt").read_text() == "x"
+
+
+def test_rebuild_without_new_rows_removes_stale_outputs(full, synth):
+    out = full.parent
+    run = out.parent
+    synth.write_run(run, synth.make_results())  # the same run directory, now without issue-8 rows
+    build_report([run], out)
+    assert not [n for n in NEW_FILES if (out / n).exists()]
+    html = (out / "report.html").read_text()
+    assert html.count("<img ") == 2 and "Not measured in this run" in html

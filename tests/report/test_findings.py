@@ -16,7 +16,9 @@ def test_all_findings_hold_on_the_synthetic_run(results_df):
         assert f["evidence"].endswith(".")
     by = {f["id"]: f for f in found}
     assert "GA 96.0 vs 11.0" in by["F1"]["evidence"]
-    assert by["F4"]["numbers"] == pytest.approx({"llm": 66.0, "proj+llm": 96.0})
+    # per seed proj+llm - llm: seed 0 95 - 65, seed 1 97 - 67: difference 30, no spread -> CI half-width 0
+    assert by["F4"]["numbers"] == pytest.approx({"llm": 66.0, "proj+llm": 96.0, "difference": 30.0, "ci95": 0.0})
+    assert "(difference 30.0 \u00b1 0.0)" in by["F4"]["evidence"] and by["F4"]["at"] == "budget"
 
 
 def test_f1_does_not_hold_when_pretrained_keeps_mmbench(results_df):

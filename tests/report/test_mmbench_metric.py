@@ -11,7 +11,7 @@ from pulse.report import main
 from pulse.report.html import mmbench_html
 from pulse.report.figures import figure4, figure5
 from pulse.report.load import load_run
-from pulse.report.mmbench import PAPER_NOTE, caveat, label, qualifiers, select_metric
+from pulse.report.mmbench import PAPER_NOTE, caveat, comparable, label, qualifiers, select_metric
 from pulse.report.tables import PRE, table3, to_csv, to_markdown
 
 VANILLA_GAIN = 10.0  # vanilla accuracy = CircularEval accuracy + 10 points in these synthetic runs
@@ -57,7 +57,7 @@ def test_table3_follows_the_switch(both):
         ga = t.cell(run.label, ("proj+llm", "ga"), "mmbench").mean
         assert ga == pytest.approx((75 * 0.95 + 77 * 0.97) / 2 + (VANILLA_GAIN if metric == "vanilla" else 0))
         name = "CircularEval" if metric == "circular" else "vanilla"
-        assert f"MMBench ({name}; likelihood-scored, non-standard) (\u2191)" in to_markdown(t)
+        assert f"MMBench ({name}, likelihood-scored; not comparable with published MMBench) (\u2191)" in to_markdown(t)
         assert f"MMBench column: MMBench ({name}" in to_markdown(t)
         rows = list(csv.DictReader(io.StringIO(to_csv(t))))
         assert {r["mmbench_metric"] for r in rows} == {t.mmbench}
@@ -86,9 +86,9 @@ def test_figures_name_the_metric(both):
     name = label([run], "vanilla")
     fig4, fig5 = figure4([run], name), figure5([run], name)
     ticks = [t.get_text() for ax in fig4.axes for t in ax.get_xticklabels()]
-    assert "MMBench (vanilla)\nkept (%)" in ticks
+    assert "MMBench\n(vanilla,\nlikelihood-scored)\nkept (%)" in ticks
     assert name in fig4.get_suptitle() and name in fig5.get_suptitle()
-    assert "MMBench (vanilla)" in [ax.get_title() for ax in fig5.axes]
+    assert "MMBench (vanilla, likelihood-scored)" in [ax.get_title() for ax in fig5.axes]
 
 
 def test_old_run_without_vanilla_rows(tmp_path, synth, capsys):
@@ -122,11 +122,14 @@ def test_non_standard_scores_are_labelled(tmp_path, synth):
                                           "mini_world": {"path": "x"}, "mmbench_subset_groups": 30})
     assert qualifiers(mini) == ["mini-MMBench of the embedded world", "likelihood-scored, non-standard",
                                 "subset of 30 questions"]
-    assert label([mini], "vanilla") == ("MMBench (vanilla; mini-MMBench of the embedded world; "
-                                        "likelihood-scored, non-standard; subset of 30 questions)")
+    # never titled plain "MMBench": the head names the mini world's set, the first part scoring and subset
+    assert label([mini], "vanilla") == ("mini-MMBench (vanilla, likelihood-scored, subset of 30 questions; "
+                                        "not comparable with published MMBench)")
     assert "not comparable with published MMBench scores" in caveat([mini])
     # runs that differ: the label says so, the caveat names the run
-    assert label([real, mini], "circular") == "MMBench (CircularEval; qualifiers vary by run)"
+    assert label([real, mini], "circular") == ("MMBench / mini-MMBench (CircularEval; not comparable with "
+                                               "published MMBench; measures vary by run)")
+    assert not comparable([real, mini]) and comparable([mini, mini])
     assert caveat([real, mini]).count("mini:") == 1
     assert "not comparable" not in mmbench_html([real], label([real], "circular"))
     assert 'class="note">MMBench here is not comparable' in mmbench_html([mini], label([mini], "circular"))

@@ -64,8 +64,9 @@ def test_report_of_a_real_small_run_opens_in_headless_chromium(chromium, tmp_pat
     _check_in_browser(chromium, tmp_path, report)
 
 
-def test_report_opens_in_headless_chromium(chromium, tmp_path, synth):
-    run = synth.write_run(tmp_path / "run_a", synth.make_results())
+@pytest.mark.parametrize("full", [False, True], ids=["paper-outputs", "with-curves-matched-probes"])
+def test_report_opens_in_headless_chromium(chromium, tmp_path, synth, full):
+    run = synth.write_run(tmp_path / "run_a", synth.make_full() if full else synth.make_results())
     _check_in_browser(chromium, tmp_path, build_report([run], tmp_path / "out"))
 
 
@@ -78,7 +79,8 @@ def _check_in_browser(chromium, tmp_path, report):
     assert match, "self-check element missing from the dumped DOM"
     attrs, text = match.groups()
     assert 'data-status="ok"' in attrs, f"self-check failed: {attrs} {text}"
-    assert 'data-images="2"' in attrs and 'data-errors="0"' in attrs, attrs
+    n_images = report.read_text().count("<img ")
+    assert n_images >= 2 and f'data-images="{n_images}"' in attrs and 'data-errors="0"' in attrs, attrs
     for fid in ("figure4", "figure5"):
         line = re.search(rf"^{fid} (\w+) natural (\d+)x(\d+) box (\d+)x(\d+)$", text, re.M)
         assert line, text

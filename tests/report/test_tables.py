@@ -41,7 +41,7 @@ def test_table3_markdown_and_csv(make_table, results_df):
     t = make_table(results_df)
     md = to_markdown(t)
     assert "95% CI, Student t" in md
-    assert "| Proj,LLM | GA | 8.7 \u00b1 11.4 | 39.3 \u00b1 16.3 |" in md
+    assert "| proj+llm | GA | 8.7 \u00b1 11.4 | 39.3 \u00b1 16.3 |" in md
     assert "| (Pre-unlearning) |  | 79.0 \u00b1 12.7 |" in md
     rows = list(csv.DictReader(io.StringIO(to_csv(t))))
     assert len(rows) == 5

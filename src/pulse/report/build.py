@@ -1,39 +1,43 @@
 """Build the report: `build_report(run_dirs, out)` and the `python -m pulse.report` command line.
 
-Reads run directories only; writes figure4.{png,svg}, figure5.{png,svg}, table3.{md,csv}, findings.json
-and the self-contained report.html into `out`, each file atomically (temp name, then rename). `mmbench` picks
-the MMBench metric shown everywhere: "circular" (CircularEval, the default) or "vanilla" (rotation 0).
+Reads run directories only; writes into `out`, each file atomically (pulse.fsutil: temp name, then rename; mode
+0o644 minus the umask, so the group can read them):
+  figure4.{png,svg}, figure5.{png,svg}, table3.{md,csv}   the paper's outputs at the configured budget
+  figure4_matched.{png,svg}, table3_matched.{md,csv}       the same at matched forgetting (runs with rows at=matched)
+  curves_<scenario>.{png,svg}                              effectiveness vs generality over checkpoints
+  probes.{md,csv}                                          relearning, routes, quantization (runs with probe rows)
+  findings.json, report.html                               F1-F4 at budget (and matched), P1-P3 from the probes
+Optional outputs left from an earlier build in the same folder are removed when this build has no data for them.
+`mmbench` picks the MMBench metric shown everywhere: "circular" (CircularEval, the default) or "vanilla"
+(rotation 0).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from pulse.errors import PulseError
+from pulse.fsutil import atomic_write_bytes
 
-from .figures import figure4, figure5, render
-from .findings import check_findings
+from .figures import curves, figure4, figure5, render
+from .findings import check_findings, probe_findings
 from .html import render_html
-from .load import load_run, run_labels
+from .load import SCENARIOS, load_run, run_labels
 from .mmbench import METRICS, label, select_metric
+from .probes import probe_rows
+from .probes import to_csv as probes_csv
+from .probes import to_markdown as probes_markdown
 from .tables import table3, to_csv, to_markdown
+
+OPTIONAL = ("figure4_matched.png", "figure4_matched.svg", "table3_matched.md", "table3_matched.csv",
+            "probes.md", "probes.csv", *(f"curves_{s}.{e}" for s in SCENARIOS for e in ("png", "svg")))
 
 
 def _write(path: Path, data: bytes | str) -> None:
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def _jsonable(x):
@@ -48,6 +52,23 @@ def _jsonable(x):
     return x
 
 
+def _has(run, at: str) -> bool:
+    return bool((run.full["at"] == at).any())
+
+
+def findings_of(runs, mmb: str) -> list[dict]:
+    """F1-F4 at the budget for every run; at matched forgetting for runs with rows at=matched; P1-P3 for runs
+    with probe rows."""
+    out = []
+    for run in runs:
+        ats = ["budget"] + (["matched"] if _has(run, "matched") else [])
+        out += [{"run": run.label, **f, "mmbench": mmb} for at in ats for f in check_findings(run.full, mmb, at)]
+        rows = probe_rows([run])
+        if rows:
+            out += [{"run": run.label, **f, "mmbench": mmb} for f in probe_findings(rows)]
+    return out
+
+
 def build_report(run_dirs: list[Path], out: Path, mmbench: str = "circular") -> Path:
     """Write the report for one or more run directories into `out`; returns the report.html path."""
     run_dirs = [Path(p) for p in run_dirs]
@@ -60,28 +81,46 @@ def build_report(run_dirs: list[Path], out: Path, mmbench: str = "circular") -> 
         raise PulseError(f"{out}: exists and is not a directory (--out)")
     out.mkdir(parents=True, exist_ok=True)
 
-    png4, svg4 = render(figure4(runs, mmb))
-    png5, svg5 = render(figure5(runs, mmb))
+    files: dict[str, bytes | str] = {}
+    figs: dict[str, bytes] = {}
+    for name, fig in (("figure4", figure4(runs, mmb)), ("figure5", figure5(runs, mmb))):
+        figs[name], files[f"{name}.svg"] = render(fig)
     table = table3(runs, mmb)
-    findings = [{"run": run.label, **f, "mmbench": mmb} for run in runs for f in check_findings(run.df, mmb)]
+    files["table3.md"], files["table3.csv"] = to_markdown(table), to_csv(table)
+    matched = None
+    if any(_has(r, "matched") for r in runs):
+        figs["figure4_matched"], files["figure4_matched.svg"] = render(figure4(runs, mmb, at="matched"))
+        matched = table3(runs, mmb, at="matched")
+        files["table3_matched.md"], files["table3_matched.csv"] = to_markdown(matched), to_csv(matched)
+    curve_figs = {}
+    for scenario in SCENARIOS:
+        fig = curves(runs, scenario)
+        if fig is not None:
+            curve_figs[scenario], files[f"curves_{scenario}.svg"] = render(fig)
+    probes = probe_rows(runs)
+    if probes:
+        files["probes.md"], files["probes.csv"] = probes_markdown(probes, len(runs) > 1), probes_csv(probes)
+    findings = findings_of(runs, mmb)
+    files["findings.json"] = json.dumps(_jsonable(findings), indent=2, allow_nan=False) + "\n"
+    files.update({f"{k}.png": v for k, v in figs.items()})
+    files.update({f"curves_{k}.png": v for k, v in curve_figs.items()})
 
-    _write(out / "figure4.png", png4)
-    _write(out / "figure4.svg", svg4)
-    _write(out / "figure5.png", png5)
-    _write(out / "figure5.svg", svg5)
-    _write(out / "table3.md", to_markdown(table))
-    _write(out / "table3.csv", to_csv(table))
-    _write(out / "findings.json", json.dumps(_jsonable(findings), indent=2, allow_nan=False) + "\n")
+    for name, data in files.items():
+        _write(out / name, data)
+    for name in OPTIONAL:
+        if name not in files:
+            (out / name).unlink(missing_ok=True)
     report = out / "report.html"
-    _write(report, render_html(runs, table, findings, png4, png5, mmb))
+    _write(report, render_html(runs, table, findings, figs["figure4"], figs["figure5"], mmb, matched=matched,
+                               figure4_matched=figs.get("figure4_matched"), curves=curve_figs, probes=probes))
     return report
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
         prog="python -m pulse.report",
-        description="Build the PULSE report (figures 4 and 5, table 3, findings, report.html) from run "
-                    "directories.")
+        description="Build the PULSE report (figures 4 and 5, table 3, at the budget and at matched "
+                    "forgetting, trade-off curves, probes, findings, report.html) from run directories.")
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="run directory holding results.csv and manifest.json")
     parser.add_argument("--out", type=Path, default=None,

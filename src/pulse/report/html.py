@@ -12,9 +12,14 @@ import json
 from datetime import datetime
 
 from .agg import method_name, target_name
-from .load import Run
-from .mmbench import PAPER_NOTE, caveat, metric_name, qualifiers
+from .load import SCENARIOS, Run, stop_rule, target_phrase
+from .mmbench import PAPER_NOTE, caveat, comparable, curve_label, metric_name, qualifiers
+from .probes import PRE as PROBE_PRE
+from .probes import ProbeRow, _display
+from .probes import columns as probe_columns
+from .probes import caption as probes_caption
 from .stats import CI_LABEL
+from .sweep import winners
 from .tables import COLUMNS, DIVERGED_MARK, Table3, caption, format_cell, notes, row_labels
 
 CSS = """
@@ -38,6 +43,7 @@ white-space:nowrap}
 .nodata{background:#ececec;color:#555}
 details pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px;max-height:400px}
 code{font-size:13px}
+.scroll{overflow-x:auto;max-width:100%}
 """
 
 SELFCHECK = """
@@ -128,6 +134,10 @@ def config_rows(run: Run) -> list[tuple[str, str]]:
         ("MMBench scoring", m.get("mmbench_scoring")),
         ("MMBench metric shown", f"{metric_name(run.mmbench)}"
                                  + (f" ({', '.join(qualifiers(run))})" if qualifiers(run) else "")),
+        ("MMBench measured as", run.measure or None),
+        ("Checkpoint MMBench", curve_label(run, run.mmbench) if (run.full["split"] == "mmbench_sub").any()
+         else None),
+        ("Matched-forgetting target", stop_rule(m) or None),
         ("Selected celebrities", _celebrities(m.get("selected_celebrities"))),
         ("Folds", _short(m.get("folds"))),
         ("Started", m.get("started")),
@@ -178,20 +188,24 @@ def _figure_section(fid: str, title: str, png: bytes, alt: str, figcaption: str,
 
 
 def table3_html(table: Table3) -> str:
-    parts = [f'<section id="table3-section"><h2>Table 3: performance by task modality ({esc(table.mmbench)})</h2>']
+    matched = table.at == "matched"
+    sid, title = ("table3_matched", "Table 3 at matched forgetting") if matched else ("table3", "Table 3")
+    measure = "MMBench measures vary by run" if table.measures else table.mmbench
+    parts = [f'<section id="{sid}-section"><h2>{title}: performance by task modality ({esc(measure)})</h2>']
     parts += [f'<p class="note">{esc(n)}</p>' for n in notes(table)]
+    held = " held-out" if matched else ""
     if table.has_data:
         runs = [r for r in table.runs if r not in table.missing]
         multi = len(table.runs) > 1
-        hdr = ['<table id="table3"><thead>']
+        hdr = [f'<div class="scroll"><table id="{sid}"><thead>']
         span = 3 if multi else 2
         hdr.append(f'<tr><th rowspan="{span}">Update target</th><th rowspan="{span}">Method</th>')
         if multi:
             hdr += [f'<th colspan="{len(COLUMNS)}">{esc(r)}</th>' for r in runs]
             hdr.append("</tr><tr>")
-        for _r in runs:
-            hdr.append('<th colspan="2">D<sub>unlearn</sub> (\u2193)</th><th colspan="2">D<sub>retain</sub> '
-                       f'(\u2191)</th><th rowspan="2">{esc(table.mmbench)} (\u2191)</th>')
+        for r in runs:
+            hdr.append(f'<th colspan="2">D<sub>unlearn</sub>{held} (\u2193)</th><th colspan="2">D<sub>retain</sub>'
+                       f'{held} (\u2191)</th><th rowspan="2">{esc(table.measures.get(r, table.mmbench))} (\u2191)</th>')
         hdr.append("</tr><tr>")
         for _r in runs:
             hdr.append("<th>Multi</th><th>Text</th><th>Multi</th><th>Text</th>")
@@ -205,7 +219,7 @@ def table3_html(table: Table3) -> str:
                 parts += [f'<td class="num">{esc(format_cell(table.cell(run, row, key)))}</td>'
                           for key, *_ in COLUMNS]
             parts.append("</tr>")
-        parts.append("</tbody></table>")
+        parts.append("</tbody></table></div>")
     parts.append(f'<p class="caption">{esc(caption(table))}</p></section>')
     return "".join(parts)
 
@@ -218,16 +232,22 @@ def _badge(holds) -> str:
     return '<span class="badge nodata">no data</span>'
 
 
+AT_NAMES = {"budget": "fixed budget", "matched": "matched forgetting"}
+
+
 def findings_html(findings: list[dict], multi: bool) -> str:
     parts = ['<section id="findings-section"><h2>Findings check</h2>',
-             '<p class="caption">The paper\'s claims, checked against this run (seed means of accuracy as % of '
-             'the pre-unlearning accuracy; diverged measurements excluded).</p>',
+             '<p class="caption">The paper\'s claims F1\u2013F4, checked against this run at the configured budget '
+             'and, where the run has them, at matched forgetting (held-out half of the questions), with the '
+             f'{CI_LABEL} of each per-seed difference (seed means of accuracy as % of the pre-unlearning accuracy; '
+             'diverged measurements excluded; a method that did not reach the target is named and left out). '
+             'P1\u2013P3 state what the probes show.</p>',
              '<table id="findings"><thead><tr>' + ("<th>Run</th>" if multi else "")
-             + "<th>ID</th><th>Claim</th><th>Result</th><th>Evidence</th></tr></thead><tbody>"]
+             + "<th>ID</th><th>At</th><th>Claim</th><th>Result</th><th>Evidence</th></tr></thead><tbody>"]
     for f in findings:
         parts.append("<tr>" + (f"<td>{esc(f.get('run', ''))}</td>" if multi else "")
-                     + f"<td>{esc(f['id'])}</td><td>{esc(f['claim'])}</td><td>{_badge(f['holds'])}</td>"
-                     f"<td>{esc(f['evidence'])}</td></tr>")
+                     + f"<td>{esc(f['id'])}</td><td>{esc(AT_NAMES.get(f.get('at'), f.get('at', '')))}</td>"
+                     f"<td>{esc(f['claim'])}</td><td>{_badge(f['holds'])}</td><td>{esc(f['evidence'])}</td></tr>")
     parts.append("</tbody></table></section>")
     return "".join(parts)
 
@@ -271,21 +291,116 @@ def mmbench_html(runs: list[Run], mmbench: str) -> str:
     return "".join(parts)
 
 
+def probes_html(rows: list[ProbeRow], multi: bool) -> str:
+    parts = ['<section id="probes-section"><h2>Probes of real forgetting</h2>']
+    if not rows:
+        parts.append("<p>Not measured in this run (no probe rows in results.csv: config <code>probes.run</code> "
+                     "empty, or a run made before probes existed).</p></section>")
+        return "".join(parts)
+    cols = probe_columns(rows)
+    groups: dict[tuple[str, str], list[ProbeRow]] = {}
+    for row in rows:
+        groups.setdefault((row.run, row.scenario), []).append(row)
+    for (run, scenario), group in groups.items():
+        parts.append(f"<h3>{esc(run + ': ' if multi else '')}{esc(scenario)}</h3>")
+        parts.append('<div class="scroll"><table class="probes"><thead><tr><th>Method</th><th>Update target</th>'
+                     '<th>Request</th>'
+                     + "".join(f"<th>{esc(h)}</th>" for _k, h in cols) + "</tr></thead><tbody>")
+        for row in group:
+            pre = row.method == PROBE_PRE
+            cls = ' class="pre"' if pre else ""
+            parts.append(f"<tr{cls}><td>{esc(PROBE_PRE if pre else method_name(row.method))}"
+                         f"</td><td>{esc(target_name(row.target))}</td><td>{row.request}</td>"
+                         + "".join(f'<td class="num">{esc(_display(row, k))}</td>' for k, _h in cols)
+                         + "</tr>")
+        parts.append("</tbody></table></div>")
+    parts.append(f'<p class="caption">{esc(probes_caption(rows[0].split))}</p></section>')
+    return "".join(parts)
+
+
+def _curves_sections(runs: list[Run], curves: dict[str, bytes]) -> list[str]:
+    if not curves:
+        return ['<section id="curves-section"><h2>Effectiveness vs generality during unlearning</h2><p>Not '
+                "measured in this run (no checkpoint rows: <code>eval.every</code> is 0, or a run made before "
+                "curves existed).</p></section>"]
+    rules = "; ".join(dict.fromkeys(r for r in (stop_rule(run.manifest) for run in runs) if r))
+    subsets = "; ".join(dict.fromkeys(curve_label(run, run.mmbench) for run in runs))
+    out = []
+    for scenario, png in curves.items():
+        numbers = "; ".join(dict.fromkeys(p for p in (target_phrase(r.manifest, scenario) for r in runs) if p))
+        cap = (f"Effectiveness vs generality during unlearning, scenario {esc(scenario)}: one line per method, "
+               "one point per checkpoint (every <code>eval.every</code> optimizer steps, and the first and last "
+               "step, whose numbers are written next to the points); requests follow each other in order. "
+               "y: D<sub>unlearn</sub> accuracy on the selection half of the questions (lower = more forgotten); "
+               f"x: D<sub>retain</sub> selection half (left) and the checkpoint MMBench subset ({esc(subsets)}; "
+               "right), higher = more general ability kept. Seed means; error bars are the "
+               f"{CI_LABEL}, drawn only where there are at least 2 seeds. Each method has its own marker and line "
+               "style so that overlapping lines stay visible; \u2605 marks the matched-forgetting stop (the "
+               "checkpoint nearest the seeds' median stop step)."
+               + (f" Matched-forgetting target as in the config: <code>{esc(rules)}</code>" if rules else "")
+               + (f"; recorded values ({esc(numbers)}), drawn as the dashed line (mean over seeds)." if numbers
+                  else "." if rules else ""))
+        out.append(_figure_section(f"curves_{scenario}", f"Effectiveness vs generality: {scenario}", png,
+                                   f"Curves of D_unlearn accuracy against D_retain and MMBench-subset accuracy "
+                                   f"over unlearning checkpoints, scenario {scenario}, one line per method", cap, []))
+    return out
+
+
+def sweep_html(runs: list[Run]) -> str:
+    """The equal-search-budget winners per scenario, update target, method and seed ('' without a sweep)."""
+    rows = [(run.label, w) for run in runs for w in winners(run.manifest)]
+    if not rows:
+        return ""
+    parts = ['<section id="sweep-section"><h2>Equal search budget: sweep winners</h2>',
+             "<p>Each method ran every configuration of its declared grid; per scenario, update target and seed the "
+             "winner is the configuration with the best generality (D<sub>retain</sub> selection half, then the "
+             "MMBench subset) among those that reached the matched-forgetting target on the selection half. "
+             "Figures and tables show it as \u201c(sweep winner)\u201d, reported on the held-out half; where none "
+             "reached the target the method reads \u201cdid not reach\u201d.</p>",
+             "<table><thead><tr>" + ("<th>Run</th>" if len(runs) > 1 else "")
+             + "<th>Scenario</th><th>Update target</th><th>Method</th><th>Seed</th><th>Winner</th>"
+             "<th>Reached the target</th></tr></thead><tbody>"]
+    order = {s: i for i, s in enumerate(SCENARIOS)}
+    for label, w in sorted(rows, key=lambda r: (r[0], order.get(r[1]["scenario"], 9), r[1]["target"],
+                                                 r[1]["method"], r[1]["seed"])):
+        parts.append("<tr>" + (f"<td>{esc(label)}</td>" if len(runs) > 1 else "")
+                     + f"<td>{esc(w['scenario'])}</td><td>{esc(w['target'])}</td><td>{esc(method_name(w['method']))}"
+                     f"</td><td>{w['seed']}</td><td>{esc(w['winner'] or 'none reached')}</td>"
+                     f"<td>{w['reached']} of {len(w['candidates'])}</td></tr>")
+    parts.append("</tbody></table></section>")
+    return "".join(parts)
+
+
 def render_html(runs: list[Run], table: Table3, findings: list[dict], figure4_png: bytes,
-                figure5_png: bytes, mmbench: str = "MMBench") -> str:
+                figure5_png: bytes, mmbench: str = "MMBench", *, matched: Table3 | None = None,
+                figure4_matched: bytes | None = None, curves: dict[str, bytes] | None = None,
+                probes: list[ProbeRow] | None = None) -> str:
     labels = ", ".join(r.label for r in runs)
     multi = len(runs) > 1
+    measures = mmbench if comparable(runs) else "MMBench measures vary by run, each named in its own panel"
     f4cap = ("Figure 4: the effect of the source of the unlearning target, after request 1. "
              "D<sub>unlearn</sub>: percentage of the pre-unlearning accuracy that has been forgotten "
-             f"(100 \u2212 relative); D<sub>retain</sub> and {esc(mmbench)}: percentage of the pre-unlearning "
+             f"(100 \u2212 relative); D<sub>retain</sub> and {esc(measures)}: percentage of the pre-unlearning "
              f"accuracy kept (relative). Modality: all questions. Bars are seed means, error bars the {CI_LABEL} "
              f"(none for a single seed). {DIVERGED_MARK}: diverged seeds excluded."
              + (" One row of panels per run." if multi else ""))
+    f4mcap = ("Figure 4 at matched forgetting: as Figure 4, at each seed's matched-forgetting stop (the first "
+              "checkpoint whose D<sub>unlearn</sub> selection-half accuracy reached the target), measured on the "
+              "held-out half of the questions (unlearn_held, retain_held) and the full MMBench set. A method "
+              "where some seed did not reach the target within the step cap gets no bar, only "
+              "\u201cdid not reach\u201d: it is never compared as if it had.")
     f5cap = ("Figure 5: accuracy (%) on D<sub>unlearn</sub>, D<sub>retain</sub> (all questions) and "
-             f"{esc(mmbench)} over sequential unlearning requests (sustainability scenario; request 0 = before unlearning). "
-             f"Lines are seed means; the shaded band is the {CI_LABEL}, drawn where there are at least "
-             "2 seeds; \u00d7 marks a request where every seed diverged."
+             f"{esc(measures)} over sequential unlearning requests (sustainability scenario; request 0 = before "
+             f"unlearning). Lines are seed means, each method with its own marker and line style and offset "
+             f"slightly to the side so that equal lines stay visible; the shaded band is the {CI_LABEL}, drawn "
+             "where there are at least 2 seeds; \u00d7 marks a request where every seed diverged."
              + (" Runs are told apart by line style." if multi else ""))
+    matched_parts = []
+    if figure4_matched is not None:
+        matched_parts.append(_figure_section(
+            "figure4_matched", f"Figure 4 at matched forgetting ({mmbench})", figure4_matched,
+            "Figure 4 at matched forgetting: grouped bars per unlearning method comparing fine-tuned and "
+            "pre-trained knowledge at the matched-forgetting stop", f4mcap, []))
     body = [
         "<main>",
         "<h1>PULSE unlearning report</h1>",
@@ -293,14 +408,19 @@ def render_html(runs: list[Run], table: Table3, findings: list[dict], figure4_pn
         f"{CI_LABEL} (t<sub>0.975, n\u22121</sub> \u00b7 s / \u221an).</p>",
         _config_section(runs),
         mmbench_html(runs, mmbench),
-        _figure_section("figure4", f"Figure 4: fine-tuned vs pre-trained knowledge ({mmbench})", figure4_png,
+        _figure_section("figure4", f"Figure 4: fine-tuned vs pre-trained knowledge ({measures})", figure4_png,
                         "Figure 4: grouped bars per unlearning method comparing fine-tuned and pre-trained "
-                        f"knowledge: D_unlearn forgotten, D_retain kept and {mmbench} kept, in percent of the "
+                        f"knowledge: D_unlearn forgotten, D_retain kept and {measures} kept, in percent of the "
                         "pre-unlearning accuracy", f4cap, missing_notes(runs, ("finetuned", "pretrained"))),
-        _figure_section("figure5", f"Figure 5: sustainability over sequential requests ({mmbench})", figure5_png,
-                        f"Figure 5: accuracy in percent on D_unlearn, D_retain and {mmbench} over unlearning "
+        *matched_parts,
+        _figure_section("figure5", f"Figure 5: sustainability over sequential requests ({measures})", figure5_png,
+                        f"Figure 5: accuracy in percent on D_unlearn, D_retain and {measures} over unlearning "
                         "requests, one line per method", f5cap, missing_notes(runs, ("sustainability",))),
         table3_html(table),
+        table3_html(matched) if matched is not None else "",
+        *_curves_sections(runs, curves or {}),
+        sweep_html(runs),
+        probes_html(probes or [], multi),
         findings_html(findings, multi),
         diverged_html(runs),
         '<footer><div id="pulse-selfcheck" hidden data-status="pending"></div></footer>',

@@ -1,4 +1,14 @@
-"""Read one run directory (results.csv + manifest.json) into a `Run`. The report reads nothing else."""
+"""Read one run directory (results.csv + manifest.json) into a `Run`. The report reads nothing else.
+
+results.csv is validated up front: every problem is one PulseError naming the file, the 1-based data row and the
+field. A results.csv written before issue 8 has no `probe`, `step`, `at` columns; it loads as probe `none`,
+step empty, at `budget` (what its rows measured).
+
+`Run.df` holds the ordinary rows only (probe `none`, at `budget`: request-level measurements at the configured
+budget), so the fixed-budget figures, Table 3 and findings read exactly what they read before the new rows existed;
+`Run.full` holds every row (checkpoints, matched forgetting, probes). A sweep's configurations
+(`<method>@<config>`) are replaced by each method's winner, `<method>@sweep` (report/sweep.py).
+"""
 from __future__ import annotations
 
 import json
@@ -9,29 +19,89 @@ import pandas as pd
 
 from pulse.errors import PulseError, where
 
-COLUMNS = ("scenario", "method", "target", "seed", "request", "split", "modality",
-           "accuracy", "relative", "status", "n")
-STATUSES = ("ok", "diverged")
+BASE_COLUMNS = ("scenario", "method", "target", "seed", "request", "split", "modality",
+                "accuracy", "relative", "status", "n")
+NEW_COLUMNS = {"probe": "none", "step": "", "at": "budget"}  # added by issue 8; defaults for older files
+COLUMNS = BASE_COLUMNS + tuple(NEW_COLUMNS)
+KEY = ("scenario", "method", "target", "seed", "request", "split", "modality", "probe", "step", "at")
+
+STATUSES = ("ok", "diverged", "not_reached")
 SCENARIOS = ("finetuned", "pretrained", "sustainability")
+SPLITS = ("unlearn", "retain", "mmbench", "mmbench_vanilla", "fold_current", "folds_done", "folds_pending",
+          "unlearn_sel", "retain_sel", "unlearn_held", "retain_held", "mmbench_sub", "mmbench_sub_vanilla",
+          "relearn_measured", "relearn_trained", "relearn_measured_attacked", "relearn_trained_attacked")
+MODALITIES = ("image", "text", "all")
+ROUTES = ("route_image", "route_text", "route_test_set", "route_name_only", "route_all")
+PROBES = ("none", "relearn", *ROUTES, "quant8", "quant4")  # and any quant<bits> (probes.quant_bits)
+ATS = ("budget", "checkpoint", "matched")
+NEVER_LEARNED = "never_learned"  # method name of the relearning probe's control rows
 
 
 @dataclass
 class Run:
-    """One run directory: its label (the directory name), tidy results and manifest; `mmbench` names the MMBench
-    metric that split "mmbench" holds once `report.mmbench.select_metric` has picked it."""
+    """One run directory: its label (the directory name), ordinary rows `df`, all rows `full`, and manifest;
+    `mmbench` names the MMBench metric that split "mmbench" holds once `report.mmbench.select_metric` has picked
+    it, `measure` the run's own MMBench label (report.mmbench.label of this run alone)."""
 
     label: str
     path: Path
     df: pd.DataFrame
     manifest: dict = field(default_factory=dict)
     mmbench: str = "circular"
+    full: pd.DataFrame | None = None
+    measure: str = ""
+
+    def __post_init__(self):
+        if self.full is None:
+            self.full = self.df
+        self.df = ordinary(self.df)
 
 
-def _bad(path: Path, df: pd.DataFrame, mask: pd.Series, column: str, what: str) -> PulseError:
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Add the issue-8 columns with their defaults where a frame lacks them (older files, hand-made frames)."""
+    missing = [c for c in NEW_COLUMNS if c not in df.columns]
+    if not missing:
+        return df
+    df = df.copy()
+    for c in missing:
+        df[c] = float("nan") if c == "step" else NEW_COLUMNS[c]
+    return df
+
+
+def ordinary(df: pd.DataFrame) -> pd.DataFrame:
+    """Request-level rows at the configured budget without a probe: what the fixed-budget outputs read."""
+    df = normalize(df)
+    return df[(df["probe"] == "none") & (df["at"] == "budget")].reset_index(drop=True)
+
+
+def view(df: pd.DataFrame, at: str = "budget", probe: str = "none") -> pd.DataFrame:
+    df = normalize(df)
+    return df[(df["probe"] == probe) & (df["at"] == at)].reset_index(drop=True)
+
+
+def _bad(path: Path, text: pd.DataFrame, mask: pd.Series, column: str, what: str) -> PulseError:
+    """The first row where `mask` holds, with the cell as written in the file (`text`: the raw string frame)."""
     i = int(mask.to_numpy().nonzero()[0][0])
-    value = df[column].iloc[i]
+    value = text[column].iloc[i]
     # Row numbers are 1-based data rows, as a spreadsheet shows them under the header line.
     return PulseError(f"{where(path, row=i + 1, field=column)}: {what} (got {value!r})")
+
+
+def _check_known(path: Path, df: pd.DataFrame, column: str, known: tuple[str, ...], pattern: str = "") -> None:
+    bad = ~df[column].isin(known)
+    if pattern:
+        bad &= ~df[column].str.fullmatch(pattern)
+    if bad.any():
+        raise _bad(path, df, bad, column, f"unknown value; must be one of {', '.join(known)}")
+
+
+def _numbers(path: Path, df: pd.DataFrame, column: str) -> pd.Series:
+    cells = df[column].str.strip()
+    num = pd.to_numeric(cells.replace("", None), errors="coerce")
+    bad = num.isna() & (cells != "")
+    if bad.any():
+        raise _bad(path, df, bad, column, "not a number")
+    return num.astype(float)
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -42,35 +112,68 @@ def read_results(path: Path) -> pd.DataFrame:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PulseError(f"{path}: cannot read as CSV ({str(e).splitlines()[0]})") from None
-    missing = [c for c in COLUMNS if c not in raw.columns]
+    missing = [c for c in BASE_COLUMNS if c not in raw.columns]
     if missing:
-        raise PulseError(f"{where(path, field=missing[0])}: missing column (needs {', '.join(COLUMNS)})")
+        raise PulseError(f"{where(path, field=missing[0])}: missing column (needs {', '.join(BASE_COLUMNS)})")
+    for c, default in NEW_COLUMNS.items():
+        if c not in raw.columns:
+            raw[c] = default
     df = raw[list(COLUMNS)].copy()
-    for c in ("scenario", "method", "target", "split", "modality", "status"):
+    text = df.copy()  # the cells as written, for error messages
+    for c in ("scenario", "method", "target", "split", "modality", "status", "probe", "at"):
         df[c] = df[c].str.strip()
         empty = df[c] == ""
         if empty.any():
-            raise _bad(path, df, empty, c, "empty value")
-    bad = ~df["status"].isin(STATUSES)
-    if bad.any():
-        raise _bad(path, df, bad, "status", f"must be one of {', '.join(STATUSES)}")
+            raise _bad(path, text, empty, c, "empty value")
+    _check_known(path, df, "status", STATUSES)
+    _check_known(path, df, "scenario", SCENARIOS)
+    _check_known(path, df, "split", SPLITS)
+    _check_known(path, df, "modality", MODALITIES)
+    _check_known(path, df, "probe", PROBES, pattern=r"quant\d+")
+    _check_known(path, df, "at", ATS)
     for c in ("seed", "request"):
         num = pd.to_numeric(df[c].str.strip(), errors="coerce")
         bad = num.isna() | (num != num.round())
         if bad.any():
-            raise _bad(path, df, bad, c, "not an integer")
+            raise _bad(path, text, bad, c, "not an integer")
         df[c] = num.astype(int)
-    for c in ("accuracy", "relative", "n"):
-        text = df[c].str.strip()
-        num = pd.to_numeric(text.replace("", None), errors="coerce")
-        bad = num.isna() & (text != "")
-        if bad.any():
-            raise _bad(path, df, bad, c, "not a number")
-        df[c] = num.astype(float)
-    # A diverged measurement may have no accuracy; an ok one must.
-    bad = df["accuracy"].isna() & (df["status"] == "ok")
+    bad = df["request"] < 0
     if bad.any():
-        raise _bad(path, df, bad, "accuracy", "empty for a row with status ok")
+        raise _bad(path, text, bad, "request", "negative")
+    step = _numbers(path, df, "step")
+    bad = step.notna() & ((step != step.round()) | (step < 0))
+    if bad.any():
+        raise _bad(path, text, bad, "step", "not a non-negative integer")
+    bad = step.isna() & df["at"].isin(["checkpoint", "matched"])
+    if bad.any():
+        raise _bad(path, text, bad, "step", f"empty for a row at {df['at'][bad].iloc[0]} (needs the step)")
+    df["step"] = step
+    for c in ("accuracy", "relative", "n"):
+        df[c] = _numbers(path, df, c)
+    bad = (df["accuracy"] < 0) | (df["accuracy"] > 100)
+    if bad.any():
+        raise _bad(path, text, bad, "accuracy", "outside 0..100")
+    bad = df["relative"] < 0
+    if bad.any():
+        raise _bad(path, text, bad, "relative", "negative")
+    bad = df["n"] < 0
+    if bad.any():
+        raise _bad(path, text, bad, "n", "negative")
+    # A diverged or not-reached measurement may have no accuracy; an ok one must, unless it measured nothing
+    # (n = 0, e.g. a probe's text modality over people with image questions only).
+    bad = df["accuracy"].isna() & (df["status"] == "ok") & (df["n"] != 0)
+    if bad.any():
+        raise _bad(path, text, bad, "accuracy", "empty for a row with status ok and n > 0")
+    bad = (df["status"] == "not_reached") & (df["at"] != "matched")
+    if bad.any():
+        raise _bad(path, text, bad, "status", "not_reached outside a matched-forgetting row (at matched)")
+    keyed = df[list(KEY)].fillna({"step": -1.0})
+    dup = keyed.duplicated(keep="first")
+    if dup.any():
+        j = int(dup.to_numpy().nonzero()[0][0])
+        first = int((keyed == keyed.iloc[j]).all(axis=1).to_numpy().nonzero()[0][0])
+        raise PulseError(f"{where(path, row=j + 1, field=','.join(KEY))}: duplicate of row {first + 1} "
+                         "(the same measurement twice)")
     return df
 
 
@@ -94,7 +197,45 @@ def load_run(run_dir: Path, label: str | None = None) -> Run:
         raise PulseError(f"{run_dir}: not a directory")
     df = read_results(run_dir / "results.csv")
     manifest = read_manifest(run_dir / "manifest.json")
-    return Run(label=label or run_dir.resolve().name, path=run_dir, df=df, manifest=manifest)
+    from .sweep import apply
+
+    return Run(label=label or run_dir.resolve().name, path=run_dir, df=apply(df, manifest), manifest=manifest)
+
+
+def stop_rule(manifest: dict) -> str:
+    """The matched-forgetting target as written in the run's config: 'unlearn.stop: {rule: never_learned,
+    margin: 0, max_steps: 0}'; '' when the config has none."""
+    unlearn = manifest.get("config", {}).get("unlearn")
+    stop = unlearn.get("stop") if isinstance(unlearn, dict) else None
+    if not stop:
+        return ""
+    if isinstance(stop, dict):
+        stop = "{" + ", ".join(f"{k}: {v}" for k, v in stop.items()) + "}"
+    return f"unlearn.stop: {stop}"
+
+
+def matched_targets(manifest: dict, scenario: str) -> list[dict]:
+    """The never-learned reference, margin and target the run recorded per seed (manifest `matched_targets`,
+    keys "<scenario>/seed<S>"), in seed order."""
+    recorded = manifest.get("matched_targets")
+    if not isinstance(recorded, dict):
+        return []
+    out = []
+    for key, value in recorded.items():
+        name, _, seed = str(key).partition("/seed")
+        if name == scenario and isinstance(value, dict) and isinstance(value.get("target"), (int, float)):
+            out.append({"seed": seed, **value})
+    return sorted(out, key=lambda v: (len(v["seed"]), v["seed"]))
+
+
+def target_phrase(manifest: dict, scenario: str) -> str:
+    """'target = never-learned reference + margin: seed 0 55.0 + 0.0 = 55.0; seed 1 ...' ('' if not recorded)."""
+    found = matched_targets(manifest, scenario)
+    if not found:
+        return ""
+    parts = "; ".join(f"seed {t['seed']} {t.get('reference', float('nan')):.1f} + {t.get('margin', 0):g} = "
+                      f"{t['target']:.1f}" for t in found)
+    return f"{scenario} target = never-learned reference + margin: {parts}"
 
 
 def run_labels(run_dirs: list[Path]) -> list[str]:

@@ -30,32 +30,84 @@ def metric_name(metric: str) -> str:
     return METRICS[metric]
 
 
-def qualifiers(run: Run) -> list[str]:
-    """What makes this run's MMBench score non-standard, from its manifest: the mini world's mini-MMBench,
-    likelihood scoring (explicit, or the mini model's default), a seeded subset of questions."""
+def _manifest_bits(run: Run) -> tuple[bool, bool, object]:
+    """(mini world?, likelihood-scored?, subset size or None) as the run's manifest records them: `mini_world`
+    (or data.mllmu null) for the embedded world, `mmbench_scoring` ("model default" in older manifests means
+    likelihood for the mini model), `mmbench_subset_groups` for a seeded subset."""
     m = run.manifest
     cfg = m.get("config", {}) if isinstance(m.get("config"), dict) else {}
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     mini = "mini_world" in m or ("mllmu" in data and data.get("mllmu") is None)
     scoring = m.get("mmbench_scoring")
+    likelihood = scoring == "likelihood" or (scoring == "model default" and mini)
+    return mini, likelihood, m.get("mmbench_subset_groups") or None
+
+
+def qualifiers(run: Run) -> list[str]:
+    """What makes this run's MMBench score non-standard, from its manifest: the mini world's mini-MMBench,
+    likelihood scoring (explicit, or the mini model's default), a seeded subset of questions."""
+    mini, likelihood, subset = _manifest_bits(run)
     out = []
     if mini:
         out.append("mini-MMBench of the embedded world")
-    if scoring == "likelihood" or (scoring == "model default" and mini):
+    if likelihood:
         out.append("likelihood-scored, non-standard")
-    if m.get("mmbench_subset_groups"):
-        out.append(f"subset of {m['mmbench_subset_groups']} questions")
+    if subset:
+        out.append(f"subset of {subset} questions")
     return out
 
 
+def measure(run: Run) -> tuple:
+    """What this run's MMBench rows measured: runs with different measures are never drawn as comparable."""
+    return _manifest_bits(run)
+
+
+def comparable(runs: list[Run]) -> bool:
+    return len({measure(r) for r in runs}) <= 1
+
+
 def label(runs: list[Run], metric: str) -> str:
-    """The name used in titles: 'MMBench (CircularEval)', plus the runs' qualifiers when every run shares them,
-    e.g. 'MMBench (CircularEval; likelihood-scored, non-standard)'."""
-    quals = [qualifiers(r) for r in runs]
-    common = [q for q in quals[0] if all(q in other for other in quals)] if quals else []
-    varies = any(set(q) != set(common) for q in quals)
-    extra = common + (["qualifiers vary by run"] if varies else [])
-    return f"MMBench ({'; '.join([metric_name(metric)] + extra)})"
+    """The name used in titles. The head is "mini-MMBench" for the embedded world's set, never plain "MMBench";
+    the first parenthesised part names the metric, likelihood scoring and a subset (figures' axes show exactly
+    that part), e.g. 'mini-MMBench (CircularEval, likelihood-scored, subset of 30 questions; not comparable with
+    published MMBench)'. Runs that measured differently: 'measures vary by run' (each run's own label is
+    `Run.measure`)."""
+    bits = {measure(r) for r in runs}
+    minis, liks, subsets = ({b[i] for b in bits} for i in range(3))
+    head = ("mini-MMBench" if minis == {True} else "MMBench" if minis <= {False} else "MMBench / mini-MMBench")
+    short = [metric_name(metric)]
+    if liks == {True}:
+        short.append("likelihood-scored")
+    if len(subsets) == 1 and None not in subsets:
+        short.append(f"subset of {next(iter(subsets))} questions")
+    notes = []
+    if any(any(b) for b in bits):
+        notes.append("not comparable with published MMBench")
+    if len(bits) > 1:
+        notes.append("measures vary by run")
+    return f"{head} ({', '.join(short)}" + (f"; {'; '.join(notes)}" if notes else "") + ")"
+
+
+def short(mmbench_label: str) -> str:
+    """'mini-MMBench (CircularEval, likelihood-scored; not comparable ...)' -> 'mini-MMBench (CircularEval,
+    likelihood-scored)': the head and the first part, for axis and panel text."""
+    head, _, rest = mmbench_label.partition(" (")
+    return f"{head} ({rest.split(';')[0].rstrip(')')})" if rest else mmbench_label
+
+
+def curve_label(run: Run, metric: str) -> str:
+    """The checkpoint evaluations' MMBench subset (split mmbench_sub): 'mini-MMBench subset of 12 groups
+    (CircularEval, likelihood-scored)'; the size is eval.curve_mmbench_groups from the manifest's config, else
+    the rows' n (question groups)."""
+    mini, likelihood, _ = _manifest_bits(run)
+    cfg = run.manifest.get("config", {})
+    groups = (cfg.get("eval") or {}).get("curve_mmbench_groups") if isinstance(cfg.get("eval"), dict) else None
+    if not groups:
+        n = run.full.loc[run.full["split"] == "mmbench_sub", "n"].dropna()
+        groups = int(n.max()) if len(n) else None
+    size = f" of {groups} groups" if groups else ""
+    parts = [metric_name(metric)] + (["likelihood-scored"] if likelihood else [])
+    return f"{'mini-MMBench' if mini else 'MMBench'} subset{size} ({', '.join(parts)})"
 
 
 def caveat(runs: list[Run]) -> str:
@@ -68,23 +120,28 @@ def caveat(runs: list[Run]) -> str:
 
 
 def has_vanilla(run: Run) -> bool:
-    return bool((run.df["split"] == SPLITS["vanilla"]).any())
+    return bool((run.full["split"] == SPLITS["vanilla"]).any())
 
 
 def select_metric(run: Run, metric: str) -> Run:
-    """A copy of `run` whose split "mmbench" rows hold `metric`; the other MMBench rows are dropped.
+    """A copy of `run` whose split "mmbench" (and checkpoint split "mmbench_sub") rows hold `metric`; the other
+    MMBench rows are dropped. `Run.measure` gets the run's own label.
 
     Raises PulseError when vanilla is asked of a run that recorded MMBench but no "mmbench_vanilla" rows."""
     if metric not in METRICS:
         raise PulseError(f"report: unknown MMBench metric {metric!r}; known: {', '.join(METRICS)}")
-    df = run.df
+    df = run.full
     if metric == "vanilla":
         if (df["split"] == "mmbench").any() and not has_vanilla(run):
             raise PulseError(f"{run.path / 'results.csv'}: no vanilla MMBench rows (split mmbench_vanilla); this "
                              "run was made before PULSE recorded them, so it can report CircularEval only "
                              "(--mmbench circular)")
-        df = df[df["split"] != "mmbench"].copy()
-        df.loc[df["split"] == SPLITS["vanilla"], "split"] = "mmbench"
+        df = df[~df["split"].isin(["mmbench", "mmbench_sub"])].copy()
+        df.loc[df["split"] == "mmbench_vanilla", "split"] = "mmbench"
+        df.loc[df["split"] == "mmbench_sub_vanilla", "split"] = "mmbench_sub"
     else:
-        df = df[df["split"] != SPLITS["vanilla"]].copy()
-    return replace(run, df=df.reset_index(drop=True), mmbench=metric)
+        df = df[~df["split"].isin(["mmbench_vanilla", "mmbench_sub_vanilla"])].copy()
+    df = df.reset_index(drop=True)
+    picked = replace(run, df=df, full=df, mmbench=metric)
+    picked.measure = label([picked], metric)
+    return picked

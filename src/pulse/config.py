@@ -26,10 +26,11 @@ class ModelConfig:
 
     def __post_init__(self):  # spelling only: the machine that runs may not be the one that validates
         from .models.load import check_device_dtype
-        try:
-            check_device_dtype(self.device, self.dtype)
-        except PulseError as e:
-            raise PulseError(f"model: {e}") from None
+        for key, args in (("device", (self.device, "auto")), ("dtype", ("auto", self.dtype))):
+            try:
+                check_device_dtype(*args)
+            except PulseError as e:
+                raise PulseError(f"model.{key}: {e}") from None
 
 
 @dataclass
@@ -104,6 +105,16 @@ class Recipe:
 
 
 @dataclass
+class StopRule:
+    """Matched forgetting (protocol/runner.py, `_target`): a request's matched point is the first checkpoint
+    (every eval.every steps, step 0, the budget, the cap) whose selection-half D_unlearn accuracy (both forms)
+    is <= the never-learned reference on that half + `margin`. Single-request scenarios only."""
+    rule: str = "none"  # "none" or "never_learned"
+    margin: float = 0.0  # percentage points above the reference
+    max_steps: int = 0  # step cap of the search; 0 = the configured budget. Above the budget: schedule constant
+
+
+@dataclass
 class UnlearnSection(Recipe):
     mode: str = "lora"
     mask: str = "answer"
@@ -112,6 +123,7 @@ class UnlearnSection(Recipe):
     data: str = "mcq"  # "mcq": each person's 10 MCQs as QA, half text, half image (paper Table 2); "ft_data"
     format: str = "mllmu"  # "mllmu": `USER: <image>\n{q}\nASSISTANT: {a}` (MLLMU-Bench); "model": its template
     eos: bool = False  # append EOS after the answer (MLLMU-Bench appends none)
+    stop: StopRule = field(default_factory=StopRule)
 
 
 @dataclass
@@ -141,6 +153,32 @@ class EvalSection:
     mmbench_groups: int | None = None  # seeded subset of MMBench groups for quick runs (labelled); None = all
     mmbench_max_new_tokens: int = 1024  # MMBench generate scoring; LLaVA's model_vqa_mmbench: 1024, stops at EOS
     mmbench_image: str = "pad"  # LLaVA-1.5 pads images to a square (mean colour) first; "processor": llava-hf's alone
+    every: int = 0  # trade-off curve: a cheap evaluation every N optimizer steps (+ step 0, budget, end); 0 = none
+    curve_mmbench_groups: int | None = 16  # MMBench groups (seeded by half_seed) at curve points; None = all
+    half_seed: int = 0  # seeds the selection / held-out question halves (protocol/halves.py)
+
+
+@dataclass
+class RelearnProbe:
+    """The relearning attack (protocol/probes.py): the unlearning recipe (LoRA settings, clipping, mask, EOS) with
+    this small fixed budget, constant lr, on half of D_unlearn's people."""
+    steps: int = 10  # optimizer steps (full batches cycling through the attacked half's samples)
+    lr: float | None = None  # None = unlearn.lr
+    batch_size: int | None = None  # None = unlearn.batch_size
+    target: str = "proj+llm"  # the attack's LoRA update target (the same for every cell and the control)
+
+
+@dataclass
+class ProbesSection:
+    """Probes of real forgetting (protocol/probes.py), run on the model after a cell's last request."""
+    run: list[str] = field(default_factory=lambda: ["relearn", "routes", "quant"])
+    scenarios: list[str] = field(default_factory=lambda: ["finetuned", "pretrained"])  # others in the run: skipped
+    relearn: RelearnProbe = field(default_factory=RelearnProbe)
+    quant_bits: list[int] = field(default_factory=lambda: [8, 4])  # probe names quant8, quant4
+    name_only: str = "substitute"  # name-only question: "substitute" the person phrase, or "prefix" the name
+
+
+PROBES = ("relearn", "routes", "quant")
 
 
 @dataclass
@@ -159,6 +197,9 @@ class RunConfig:
     scenario: Scenarios = field(default_factory=Scenarios)
     unlearn: UnlearnSection = field(default_factory=UnlearnSection)
     eval: EvalSection = field(default_factory=EvalSection)
+    probes: ProbesSection = field(default_factory=ProbesSection)
+    # equal search budget (protocol/runner.py `sweep_variants`): method -> {lr or a method parameter: [values]}
+    sweep: dict = field(default_factory=dict)
 
     @property
     def uses_mini(self) -> bool:
@@ -168,21 +209,24 @@ class RunConfig:
 SCENARIOS = ("finetuned", "pretrained", "sustainability")
 
 
-def _build(cls, data, where: str):
-    """Dataclass from a dict, recursively; unknown keys and wrong types are errors naming the key."""
+def _build(cls, data, where: str, section: str = ""):
+    """Dataclass from a dict, recursively; unknown keys and wrong types are errors naming the file (`where`) and
+    the dotted key (`section` + key, e.g. `small.yaml: unlearn.lr: expected float, got 'abc'`)."""
     if not isinstance(data, dict):
-        raise PulseError(f"{where}: expected a mapping, got {type(data).__name__}")
+        what = f"{where}: {section[:-1]}" if section else f"{where}: the top level"
+        raise PulseError(f"{what}: expected a mapping of key: value, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise PulseError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(names))})")
+            inside = f" in {section[:-1]}" if section else ""
+            raise PulseError(f"{where}: unknown key {key!r}{inside} (known: {', '.join(sorted(names))})")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where}.{key}")
+            kwargs[key] = _build(hint, value, where, f"{section}{key}.")
         else:
-            kwargs[key] = _coerce(value, hint, f"{where}.{key}")
+            kwargs[key] = _coerce(value, hint, f"{where}: {section}{key}")
     return cls(**kwargs)
 
 
@@ -218,12 +262,19 @@ def _coerce(value, hint, where: str):
 
 def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
     keys = dotted.split(".")
+    if not all(keys):
+        raise PulseError(f"override {dotted}={raw}: empty key (expected dotted keys, e.g. unlearn.lr=1e-4)")
     node = tree
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise PulseError(f"override {dotted}: {k!r} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise PulseError(f"override {dotted}={raw}: invalid YAML value ({problem}); "
+                         f"e.g. methods=[ga,npo] or 'name=a b'") from None
 
 
 def _apply_overrides(tree: dict, overrides) -> None:
@@ -244,12 +295,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     if path is not None:
         where = str(path)
         p = Path(path)
+        if p.is_dir():
+            raise PulseError(f"{p}: is a directory, not a YAML config file")
         if not p.is_file():
             raise PulseError(f"{p}: config file not found")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            line = p.read_bytes()[: e.start].count(b"\n") + 1
+            raise PulseError(f"{p}, line {line}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                             f"save the config as UTF-8") from None
         except yaml.YAMLError as e:
-            raise PulseError(f"{p}: invalid YAML: {str(e).splitlines()[0]}") from None
+            raise PulseError(f"{p}: invalid YAML: {' '.join(str(e).split())}") from None
+        if not isinstance(tree, dict):
+            raise PulseError(f"{p}: expected a mapping of key: value at the top level, got {type(tree).__name__}")
     _apply_overrides(tree, overrides)
     cfg = _build(RunConfig, tree, where)
     validate(cfg, where)
@@ -287,6 +346,7 @@ def validate(cfg: RunConfig, where: str) -> None:
                          f"(scenario.finetuned.unlearn={ft.unlearn})")
     if cfg.mini.size not in ("default", "small"):
         raise PulseError(f"{where}: mini.size must be default or small, got {cfg.mini.size!r}")
+    validate_basics(cfg, where)
     if cfg.eval.scoring not in (None, "likelihood", "generate"):
         raise PulseError(f"{where}: eval.scoring must be likelihood or generate, got {cfg.eval.scoring!r}")
     if pt.mode not in (None, "lora", "full"):
@@ -300,6 +360,8 @@ def validate(cfg: RunConfig, where: str) -> None:
     if cfg.unlearn.mask not in ("answer", "sequence"):
         raise PulseError(f"{where}: unlearn.mask must be answer or sequence, got {cfg.unlearn.mask!r}")
     validate_recipe(cfg.unlearn, "unlearn", where)
+    validate_probes(cfg.probes, where)
+    validate_curves(cfg, where)
     paths = [("data.mllmu", cfg.data.mllmu), ("data.mmbench", cfg.data.mmbench),
              ("model.pretrained", cfg.model.pretrained), ("model.finetuned", cfg.model.finetuned)]
     given = [name for name, v in paths if v is not None]
@@ -311,6 +373,110 @@ def validate(cfg: RunConfig, where: str) -> None:
         hub_ok = name.startswith("model.") and _looks_like_hub_id(v or "")
         if v is not None and not Path(v).expanduser().exists() and not hub_ok:
             raise PulseError(f"{where}: {name}: path not found: {v}")
+
+
+def validate_probes(p: ProbesSection, where: str) -> None:
+    """The probes section; one-line errors naming the key (e.g. `probes.relearn.steps`)."""
+    import math
+
+    from .models.targets import TARGETS
+
+    for key, values, known in (("run", p.run, PROBES), ("scenarios", p.scenarios, SCENARIOS)):
+        for v in values:
+            if v not in known:
+                raise PulseError(f"{where}: probes.{key}: unknown value {v!r} (known: {', '.join(known)})")
+        if len(set(values)) != len(values):
+            raise PulseError(f"{where}: probes.{key}: duplicate value")
+    r = p.relearn
+    if isinstance(r.steps, bool) or r.steps < 1:
+        raise PulseError(f"{where}: probes.relearn.steps must be an integer >= 1, got {r.steps!r}")
+    if r.lr is not None and not (math.isfinite(r.lr) and r.lr > 0):
+        raise PulseError(f"{where}: probes.relearn.lr must be null (unlearn.lr) or a finite number > 0, got {r.lr!r}")
+    if r.batch_size is not None and (isinstance(r.batch_size, bool) or r.batch_size < 1):
+        raise PulseError(f"{where}: probes.relearn.batch_size must be null (unlearn.batch_size) or an integer >= 1, "
+                         f"got {r.batch_size!r}")
+    if r.target not in TARGETS:
+        raise PulseError(f"{where}: probes.relearn.target: unknown update target {r.target!r} "
+                         f"(known: {', '.join(TARGETS)})")
+    if not p.quant_bits or len(set(p.quant_bits)) != len(p.quant_bits) \
+            or any(isinstance(b, bool) or not 2 <= b <= 8 for b in p.quant_bits):
+        raise PulseError(f"{where}: probes.quant_bits must be distinct integers in [2, 8], got {p.quant_bits!r}")
+    if p.name_only not in ("substitute", "prefix"):
+        raise PulseError(f"{where}: probes.name_only must be substitute or prefix, got {p.name_only!r}")
+
+
+STOP_RULES = ("none", "never_learned")
+
+
+def validate_curves(cfg: RunConfig, where: str) -> None:
+    """eval.every / curve_mmbench_groups / half_seed, unlearn.stop and sweep (issue 8 §1)."""
+    import math
+
+    e, st, u = cfg.eval, cfg.unlearn.stop, cfg.unlearn
+    for key in ("every", "half_seed"):
+        v = getattr(e, key)
+        if isinstance(v, bool) or v < 0:
+            raise PulseError(f"{where}: eval.{key} must be an integer >= 0, got {v!r}")
+    if e.curve_mmbench_groups is not None and e.curve_mmbench_groups < 1:
+        raise PulseError(f"{where}: eval.curve_mmbench_groups must be null (all) or >= 1, got "
+                         f"{e.curve_mmbench_groups!r}")
+    if st.rule not in STOP_RULES:
+        raise PulseError(f"{where}: unlearn.stop.rule must be {' or '.join(STOP_RULES)}, got {st.rule!r}")
+    if not math.isfinite(st.margin):
+        raise PulseError(f"{where}: unlearn.stop.margin must be a finite number, got {st.margin!r}")
+    if isinstance(st.max_steps, bool) or st.max_steps < 0:
+        raise PulseError(f"{where}: unlearn.stop.max_steps must be an integer >= 0, got {st.max_steps!r}")
+    if st.rule != "none" and e.every < 1:
+        raise PulseError(f"{where}: unlearn.stop.rule {st.rule} needs checkpoints: set eval.every >= 1")
+    # Training past the budget must not change the first `budget` steps: only a constant lr allows it. With an
+    # epoch budget the step count is known only at run time, so any cap needs schedule constant.
+    within = u.budget == "steps" and st.max_steps <= (u.steps or 0)
+    if st.rule != "none" and st.max_steps > 0 and u.schedule != "constant" and not within:
+        raise PulseError(f"{where}: unlearn.stop.max_steps={st.max_steps} may exceed the budget; that needs "
+                         f"unlearn.schedule constant (got {u.schedule!r})")
+    if not isinstance(cfg.sweep, dict):
+        raise PulseError(f"{where}: sweep: expected a mapping method -> {{parameter: [values]}}")
+    if cfg.sweep and st.rule == "none":
+        raise PulseError(f"{where}: sweep picks configurations that reach the matched-forgetting target: "
+                         f"set unlearn.stop.rule never_learned")
+    from .unlearn.methods import check_params
+    for method, grid in cfg.sweep.items():
+        if method not in cfg.methods:
+            raise PulseError(f"{where}: sweep.{method}: not one of the run's methods ({', '.join(cfg.methods)})")
+        if not isinstance(grid, dict) or not grid:
+            raise PulseError(f"{where}: sweep.{method}: expected a mapping {{parameter: [values]}}")
+        for name, values in grid.items():
+            if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
+                raise PulseError(f"{where}: sweep.{method}.{name}: expected a non-empty list of distinct values")
+            if name == "lr":
+                grid[name] = [_coerce(v, float, f"{where}: sweep.{method}.lr") for v in values]
+                if not all(math.isfinite(v) and v > 0 for v in grid[name]):
+                    raise PulseError(f"{where}: sweep.{method}.lr: every value must be a finite number > 0")
+            else:  # a parameter the method declares; values converted to its type
+                grid[name] = [check_params([method], {method: {name: v}}, f"{where}: sweep")[method][name]
+                              for v in values]
+
+
+def validate_basics(cfg: RunConfig, where: str) -> None:
+    """The run name, mini seed, pretrained.min_accuracy and eval sizes; one line naming the key (issue 10 §4)."""
+    import math
+
+    name = cfg.name
+    if not name or name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable():
+        raise PulseError(f"{where}: name must be a plain folder name under runs/ (no path separators, not . or ..), "
+                         f"got {name!r}")
+    if cfg.mini.seed < 0:
+        raise PulseError(f"{where}: mini.seed must be an integer >= 0, got {cfg.mini.seed!r}")
+    if not (math.isfinite(cfg.scenario.pretrained.min_accuracy) and 0 <= cfg.scenario.pretrained.min_accuracy <= 100):
+        raise PulseError(f"{where}: scenario.pretrained.min_accuracy must be a percentage in [0, 100], "
+                         f"got {cfg.scenario.pretrained.min_accuracy!r}")
+    e = cfg.eval
+    for key, low in (("batch_size", 1), ("max_new_tokens", 1), ("mmbench_max_new_tokens", 1), ("demo_people", 0)):
+        if getattr(e, key) < low:
+            raise PulseError(f"{where}: eval.{key} must be an integer >= {low}, got {getattr(e, key)!r}")
+    if e.mmbench_groups is not None and e.mmbench_groups < 1:
+        raise PulseError(f"{where}: eval.mmbench_groups must be null (all groups) or an integer >= 1, "
+                         f"got {e.mmbench_groups!r}")
 
 
 SCHEDULES = ("linear", "constant", "cosine")
@@ -368,7 +534,7 @@ def load_finetune(overrides: list[str] = (), base: FinetuneSection | None = None
 
     tree = {k: v for k, v in dataclasses.asdict(base).items()} if base is not None else {}
     _apply_overrides(tree, overrides)
-    ft = _build(FinetuneSection, tree, where)
+    ft = _build(FinetuneSection, tree, where, "finetune.")
     validate_recipe(ft, "finetune", where)
     if ft.mode not in ("lora", "full"):
         raise PulseError(f"{where}: finetune.mode must be lora or full, got {ft.mode!r}")
@@ -386,6 +552,8 @@ def load_finetune(overrides: list[str] = (), base: FinetuneSection | None = None
             raise PulseError(f"{where}: finetune.{key} must be >= 1, got {getattr(ft, key)!r}")
     if ft.save_every < 0:
         raise PulseError(f"{where}: finetune.save_every must be >= 0, got {ft.save_every!r}")
+    if ft.seed < 0:
+        raise PulseError(f"{where}: finetune.seed must be an integer >= 0, got {ft.seed!r}")
     if ft.save_dtype is not None and ft.save_dtype not in DTYPES:
         raise PulseError(f"{where}: finetune.save_dtype must be null or one of {', '.join(DTYPES)}, "
                          f"got {ft.save_dtype!r}")

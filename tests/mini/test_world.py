@@ -69,7 +69,9 @@ def test_counts_and_ids(world):
     for p in world.test_set:
         assert len(p.images) == SMALL.n_test_images and p.image == p.images[0]
     assert len(world.ft_pairs) == 6 * 10 and len(world.pretrain_pairs) == 8 * 10
-    assert len({x.group for x in world.mmbench}) == 20 and len(world.mmbench_train) == 60
+    assert len({x.group for x in world.mmbench}) == 20
+    n_spatial_scenes = sum(x.category == "spatial_relationship" for x in world.mmbench_train) // 2
+    assert n_spatial_scenes >= 6 and len(world.mmbench_train) == 60 + n_spatial_scenes  # complementary pairs
 
 
 def test_splits_are_seeded_disjoint_complements():
@@ -145,7 +147,7 @@ def test_mmbench_groups_are_circular(world):
             assert (row.options, row.answer) == rotate(original.options, original.answer, k)
             assert (row.image, row.question, row.hint, row.category) == (original.image, original.question,
                                                                           original.hint, original.category)
-    assert {len(rows) for rows in groups.values()} == {2, 3, 4}
+    assert {len(rows) for rows in groups.values()} == {2, 3, 4}  # left/right, largest of 3, the others
 
 
 def test_mmbench_mix_hints_and_answers():
@@ -158,18 +160,43 @@ def test_mmbench_mix_hints_and_answers():
     assert {x.l2_category for x in originals} == {"finegrained_perception (instance-level)",
                                                        "finegrained_perception (cross-instance)"}
     assert len({x.category for x in originals}) == 6
-    for x in originals:  # the drawn shape really is where the answer says
-        if x.category != "object_localization":
-            continue
-        a = np.asarray(decode_image(x.image), dtype=float)
-        ys, xs = np.nonzero(np.abs(a - a[0, 0]).sum(-1) > 30)
-        where = {"left": xs.mean() < 16, "right": xs.mean() > 16, "top": ys.mean() < 32 / 3,
-                 "middle": 32 / 3 < ys.mean() < 64 / 3, "bottom": ys.mean() > 64 / 3}
-        assert where[x.options[x.answer]]
+    for x in originals:  # the drawn shapes really are where / what the answer says
+        a = np.asarray(decode_image(x.image), dtype=int)
+        colours, counts = np.unique(a.reshape(-1, 3), axis=0, return_counts=True)
+        fg = np.abs(a - colours[counts.argmax()]).sum(-1) > 30  # not the backdrop (the most frequent colour)
+        ys, xs = np.nonzero(fg)
+        cells = {(y // 8, x // 8) for y, x in zip(ys, xs)}
+        answer = x.options[x.answer]
+        if x.category == "object_localization":
+            assert len(cells) == 1, x.question  # one small shape inside one 8 px patch
+            (row, col), = cells
+            assert {"left": col < 2, "right": col >= 2, "top left": row < 2 and col < 2,
+                    "top right": row < 2 and col >= 2, "bottom left": row >= 2 and col < 2,
+                    "bottom right": row >= 2 and col >= 2}[answer]
+        if x.category == "object_counting":  # every shape in its own patch
+            assert len(cells) == int(answer)
+        if x.category == "spatial_relationship":
+            assert len(cells) == 2 and len({c for _, c in cells if c < 2}) == 1
+            side = "left" if "left" in x.question else "right"
+            shape_px = a[fg & ((np.arange(32) < 16) if side == "left" else (np.arange(32) >= 16))[None, :]]
+            target = np.array(pics.COLOURS[answer])
+            assert (np.abs(shape_px - target).sum(-1) < 30).sum() >= 6  # the asked side has the answer's colour
 
 
 def test_mmbench_train_is_fresh(world):
-    assert all(x.index < GROUP and x.answer in x.options for x in world.mmbench_train)
+    assert [x.index for x in world.mmbench_train] == list(range(len(world.mmbench_train)))
+    assert all(x.answer in x.options for x in world.mmbench_train)
+    by_image = defaultdict(list)
+    for x in world.mmbench_train:
+        by_image[x.image].append(x)
+    for rows in by_image.values():  # spatial relation: both sides of one scene, other answers; the rest: once
+        if rows[0].category != "spatial_relationship":
+            assert len(rows) == 1
+            continue
+        (a, b), = [rows]
+        assert {a.question, b.question} == {"What colour is the shape on the left?",
+                                            "What colour is the shape on the right?"}
+        assert a.options[a.answer] != b.options[b.answer] and set(a.options.values()) == set(b.options.values())
     assert not {x.image for x in world.mmbench_train} & {x.image for x in world.mmbench}
     assert {x.category for x in world.mmbench_train} == {x.category for x in world.mmbench}
 

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -26,12 +27,17 @@ def test_results_hold_every_cell(small_run):
     for (scenario, *_), row in cells.iterrows():
         assert row["min"] == 0
         assert row["max"] == (cfg.scenario.sustainability.folds if scenario == "sustainability" else 1)
-    # each request has unlearn/retain x image/text/all + mmbench (circular) + mmbench_vanilla
+    # each request has unlearn/retain (and their selection / held-out halves) x image/text/all + mmbench
+    # (circular) + mmbench_vanilla; without eval.every / unlearn.stop, only request-level rows at the budget
     one = df[(df.scenario == "finetuned") & (df.method == "ga") & (df.target == "proj+llm") & (df.request == 1)]
-    assert len(one) == 8 and set(one.split) == {"unlearn", "retain", "mmbench", "mmbench_vanilla"}
+    halves = {"unlearn_sel", "unlearn_held", "retain_sel", "retain_held"}
+    assert len(one) == 20 and set(one.split) == {"unlearn", "retain", "mmbench", "mmbench_vanilla"} | halves
+    assert set(df["at"]) == {"budget"} and set(df.probe) == {"none"} and df.step.isna().all()
+    n = one[one.modality == "all"].set_index("split")["n"]
+    assert n["unlearn_sel"] + n["unlearn_held"] == n["unlearn"] and n["unlearn_sel"] == 3 * n["unlearn"] // 5
     sus = df[df.scenario == "sustainability"]
     assert set(sus[sus.request == 1].split) == {"unlearn", "retain", "mmbench", "mmbench_vanilla", "fold_current",
-                                                 "folds_done", "folds_pending"}
+                                                 "folds_done", "folds_pending"} | halves
     assert "folds_pending" not in set(sus[sus.request == sus.request.max()].split)
     r0 = df[df.request == 0]
     assert (r0.relative == 100).all()
@@ -151,3 +157,195 @@ def test_rows_give_circular_and_vanilla_mmbench():
     assert mmb["mmbench"]["n"] == mmb["mmbench_vanilla"]["n"] == 10
     r0 = {r["split"]: r["relative"] for r in _rows({"request": 0}, {}, mcq, now, None, "ok")}
     assert r0 == {"mmbench": 100.0, "mmbench_vanilla": 100.0}
+
+
+# --- trade-off curves, matched forgetting, equal search budget (issue 8 §1) ------------------------------------------
+
+# 6 people, 3 to unlearn: a budget of 4 steps (30 samples, batch 8); checkpoints at 0, 3, 4 (the budget), 6 and
+# 8 (the cap)
+BUDGET = 4
+CURVES = ["scenarios=[finetuned]", "methods=[ga]", "table3_targets=[]", "scenario.finetuned.people=6",
+          "scenario.finetuned.unlearn=3", "eval.every=3", "eval.curve_mmbench_groups=4",
+          "unlearn.stop.rule=never_learned", "unlearn.stop.max_steps=8", "unlearn.stop.margin=25",
+          "sweep={ga: {lr: [0.01]}}"]
+CELLS = ("ga", "ga@lr=0.01")
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def curve_runs(small_world, tmp_path_factory):
+    """The same curve + matched + sweep run twice: uninterrupted, and killed inside a request, then resumed. The
+    kill is an exception from the in-request hook right after an evaluation past the budget — before
+    that evaluation's checkpoint is saved — in the first cell that trains past the budget (the reference run
+    says which); if none does, at step 4. Returns (reference dir, resumed dir, what the hooks saw)."""
+    from pulse.protocol import runner
+
+    cfg = load_config(SMALL_CONFIG, CURVES)
+    root = tmp_path_factory.mktemp("curves")
+    runner.run(cfg, root / "reference", log=lambda *_: None)
+    kill, saved = ("ga", 4), 3
+    for method in CELLS:
+        cell = json.loads((root / "reference" / "cells" / "finetuned" / f"{method}__proj+llm__seed0" /
+                           "request1.json").read_text())
+        later = [p["step"] for p in cell["curve"] if p["step"] > BUDGET]
+        if later:
+            kill, saved = (method, later[0]), max(p["step"] for p in cell["curve"] if p["step"] < later[0])
+            break
+    orig, seen = runner.unlearn_request, {"first_k": {}, "kill": kill, "saved": saved}
+
+    def wrapped(killing):
+        def unlearn_request(*a, after_step=None, ckpt=None, **kw):
+            def hook(k, in_eval):
+                seen["first_k"].setdefault((killing, kw["desc"]), k)
+                flag = after_step(k, in_eval)
+                if killing and k == kill[1] and f" {kill[0]} " in kw["desc"]:
+                    seen["checkpoints"] = sorted(p.name for p in ckpt.folder.iterdir())
+                    raise Killed
+                return flag
+            return orig(*a, after_step=hook, ckpt=ckpt, **kw)
+        return unlearn_request
+
+    runner.unlearn_request = wrapped(True)
+    try:
+        with pytest.raises(Killed):
+            runner.run(cfg, root / "resumed", log=lambda *_: None)
+        runner.unlearn_request = wrapped(False)
+        runner.run(cfg, root / "resumed", log=lambda *_: None)
+    finally:
+        runner.unlearn_request = orig
+    return root / "reference", root / "resumed", seen
+
+
+@pytest.mark.slow
+def test_kill_inside_a_request_resumes_from_its_checkpoint_with_identical_files(curve_runs):
+    reference, resumed, seen = curve_runs
+    method, k = seen["kill"]
+    # every evaluation is saved with a checkpoint (only the newest kept): the kill loses the evaluation at k only
+    assert seen["checkpoints"] == [f"step-{seen['saved']}"]
+    desc = f"finetuned {method} proj+llm seed 0 request 1"
+    assert seen["first_k"][(True, desc)] == 0 and seen["first_k"][(False, desc)] == seen["saved"] + 1
+    files = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file()
+                   and p.name not in ("manifest.json", "run.log"))
+    assert Path("results.csv") in files and Path("cells/finetuned/sweep__seed0.json") in files
+    assert files == sorted(p.relative_to(resumed) for p in resumed.rglob("*") if p.is_file()
+                           and p.name not in ("manifest.json", "run.log"))
+    for f in files:
+        assert (reference / f).read_bytes() == (resumed / f).read_bytes(), f
+    assert not list(resumed.rglob("*.progress"))
+
+
+@pytest.mark.slow
+def test_matched_point_is_the_first_checkpoint_at_or_below_the_target(curve_runs):
+    from pulse.protocol.curves import first_reaching
+
+    reference, _, _ = curve_runs
+    df = pd.read_csv(reference / "results.csv")
+    m = json.loads((reference / "manifest.json").read_text())
+    target = m["matched_targets"]["finetuned/seed0"]["target"]
+    assert m["protocol"]["matched_forgetting"]["sustainability"].startswith("fixed budget")
+    for method in CELLS:
+        d = df[(df.method == method) & (df.request == 1)]
+        ck = d[(d["at"] == "checkpoint") & (d.split == "unlearn_sel") & (d.modality == "all")]
+        points = list(zip(ck.step.astype(int), ck.accuracy))
+        assert [s for s, _ in points] == [0, 3, BUDGET, 6, 8][:len(points)] and len(points) >= 3
+        cell = json.loads((reference / "cells" / "finetuned" / f"{method}__proj+llm__seed0" / "request1.json")
+                          .read_text())
+        step = first_reaching(points, target, cap=8)
+        matched = d[d["at"] == "matched"]
+        assert set(matched.split) == {"unlearn_held", "retain_held", "unlearn_sel", "retain_sel", "mmbench",
+                                      "mmbench_vanilla"}
+        if step is None:
+            assert set(matched.status) == {"not_reached"} and matched.accuracy.isna().all()
+            assert set(matched.step) == {8} and cell["training"]["steps_done"] == 8
+        else:
+            assert set(matched.step) == {step} and set(matched.status) == {"ok"}
+            assert cell["training"]["steps_done"] == max(BUDGET, step)  # one trajectory: the budget, then the match
+            sel = matched[(matched.split == "unlearn_sel") & (matched.modality == "all")].accuracy.item()
+            assert sel == dict(points)[step] <= target + 1e-9
+        # the budget's checkpoint is read from the budget evaluation: the same numbers
+        budget = d[(d["at"] == "budget") & (d.split == "unlearn_sel") & (d.modality == "all")].accuracy.item()
+        assert budget == dict(points)[BUDGET] and cell["training"]["steps"] == BUDGET
+    assert not df[df["at"] == "matched"].empty
+
+
+@pytest.mark.slow
+def test_never_learned_reference_is_the_base_model_on_the_selection_half(curve_runs, small_world):
+    """Recomputed independently: the pretrained checkpoint's full MCQ evaluation of D_unlearn restricted to the
+    selection half (which also pins that scoring a subset equals the full evaluation restricted)."""
+    from pulse.data.mllmu import read_people
+    from pulse.eval.mcq import evaluate_mcq
+    from pulse.models.load import load_model
+    from pulse.protocol.halves import keys_of
+
+    reference, _, _ = curve_runs
+    m = json.loads((reference / "manifest.json").read_text())
+    ids = set(m["splits"]["finetuned/seed0"]["unlearn"])
+    people = [p for p in sorted(read_people(small_world / "mllmu", "Full_Set"), key=lambda p: p.id) if p.id in ids]
+    full = evaluate_mcq(load_model(small_world / "models" / "pretrained"), people)
+    sel = keys_of(people, "sel")
+    chosen = [p for p in full.predictions if (p["person_id"], p["form"], p["index"]) in sel]
+    ref = json.loads((reference / "cells" / "finetuned" / "reference__seed0.json").read_text())
+    assert ref["n"] == len(chosen) == 6 * len(people)
+    assert ref["reference"] == pytest.approx(100 * sum(p["correct"] for p in chosen) / len(chosen))
+    assert ref["target"] == pytest.approx(ref["reference"] + 25) == m["matched_targets"]["finetuned/seed0"]["target"]
+
+
+@pytest.mark.slow
+def test_sweep_records_the_winner_among_configurations_reaching_the_target(curve_runs):
+    from pulse.protocol.curves import pick_winner
+
+    reference, _, _ = curve_runs
+    m = json.loads((reference / "manifest.json").read_text())
+    sweep = m["sweep"]["finetuned/seed0"]["ga/proj+llm"]
+    assert [c["name"] for c in sweep["candidates"]] == ["ga@lr=0.01"]
+    assert sweep["winner"] == pick_winner(sweep["candidates"])
+    assert m["protocol"]["sweep"]["variants"]["ga@lr=0.01"] == {"method": "ga", "lr": 0.01, "params": {}}
+    df = pd.read_csv(reference / "results.csv")
+    for c in sweep["candidates"]:
+        row = df[(df.method == c["name"]) & (df["at"] == "matched") & (df.split == "retain_sel")
+                 & (df.modality == "all")]
+        assert row.status.item() == ("ok" if c["reached"] else "not_reached")
+        if c["reached"]:
+            assert row.accuracy.item() == pytest.approx(c["retain_sel"], abs=1e-4)
+    cell = json.loads((reference / "cells/finetuned/ga@lr=0.01__proj+llm__seed0/request1.json").read_text())
+    assert cell["meta"]["method"] == "ga@lr=0.01" and cell["losses"][0]["lr"] == 0.01  # the variant's recipe
+    base = json.loads((reference / "cells/finetuned/ga__proj+llm__seed0/request1.json").read_text())
+    assert base["losses"][0]["lr"] == 0.001 and base["request_seed"] == cell["request_seed"]  # same batches, init
+
+
+def test_matched_evaluation_reuses_the_checkpoint_and_equals_a_full_evaluation(small_world, tmp_path):
+    """At a matched step that is neither 0 nor the budget, only the held-out half and the MMBench rows outside the
+    curve subset are evaluated; the record equals a full evaluation of the same model."""
+    from contextlib import contextmanager
+
+    from pulse.protocol import curves as C
+    from pulse.protocol import runner
+
+    ctx = runner.Context(load_config(SMALL_CONFIG, CURVES), tmp_path, log=lambda *_: None)
+    unlearn, retain, *_ = runner._scenario_sets(ctx, "finetuned", 0, None)
+    lm, enc = ctx.model("finetuned")
+    model, sets = lm.model, runner._eval_sets(ctx, "finetuned", unlearn, retain)
+    halves = C.half_keys(unlearn + retain, 0)
+
+    @contextmanager
+    def in_eval():
+        yield model
+
+    calls = []
+    ctx.mmbench_eval = lambda lm_, enc_, items, _f=ctx.mmbench_eval: calls.append(len(items)) or _f(lm_, enc_, items)
+    stop = {"reference": 0.0, "margin": 100.0, "target": 100.0}  # any accuracy reaches it: matched at step 3
+    track = runner._Track(ctx, lm, enc, sets, halves, None, 4, 8, 8, stop)
+    assert track.after_step(3, in_eval) == "checkpoint"
+    mt, point = track.state["matched"], track.state["curve"][0]
+    assert mt["step"] == 3 and mt["reached"] and mt["sel"] == point["sel"]
+    assert calls == [len(ctx.curve_mmbench), len(ctx.mmbench) - len(ctx.curve_mmbench)]  # no row twice
+    mcq, mmb = ctx.evaluate(lm, enc, sets)
+    assert mt["sel"] == C.encode(halves["sel"], mcq["predictions"])
+    assert mt["held"] == C.encode(halves["held"], mcq["predictions"]) and "-" not in mt["held"]
+    assert {k: mt["mmbench"][k] for k in ("circular", "vanilla", "groups")} == \
+        {k: mmb[k] for k in ("circular", "vanilla", "groups")}
+    assert point["mmbench"] == runner._sub_point(ctx, mmb)
+    assert track.after_step(4, in_eval) == "stop"  # the budget, target met: the request ends here

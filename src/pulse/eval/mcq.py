@@ -75,12 +75,16 @@ def _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens
 def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None = None, forms=FORMS,
                  enc: Encoder | None = None, demo_people: int = 1, demo_seed: int = 0,
                  demo_source: list[Person] | None = None, max_new_tokens: int = 50,
-                 batch_size: int = 64) -> McqResult:
+                 batch_size: int = 64, questions: set | None = None) -> McqResult:
     """Accuracy (percent) per form on `people`, one evaluated set (MLLMU-Bench: one ID list per call).
 
     Generate scoring draws `demo_people` demo people from `people`'s IDs (in their order, seeded by `demo_seed`;
     0 = zero-shot) and takes their records from `demo_source` (MLLMU-Bench: Full_Set; default `people`).
+    `questions`: score only these (person_id, form, index) keys (e.g. one seeded half, protocol/halves.py); the
+    demo draw and the demo exclusion are those of the whole set, so the result equals the full evaluation
+    restricted to those keys. None = every question.
     """
+    keep = (lambda m: True) if questions is None else (lambda m: (m.person_id, m.form, m.index) in questions)
     scoring = scoring or lm.scoring
     if scoring not in SCORINGS:
         raise PulseError(f"unknown scoring {scoring!r}; known: {', '.join(SCORINGS)}")
@@ -89,14 +93,14 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
     demo_ids: dict[str, list[str]] = {}
     for form in forms:
         if scoring == "likelihood":
-            mcqs = [m for p in people for m in p.mcqs(form)]
+            mcqs = [m for p in people for m in p.mcqs(form) if keep(m)]
             images = {p.id: p.image for p in people}
-            questions = []
+            prompts = []
             for m in mcqs:
                 q, opts = P.likelihood_prompt_parts(m)
                 img = images[m.person_id] if form == "image" else None
-                questions.append((lm.template.prompt(q, image=img is not None), img, opts))
-            scores = option_logps(lm.model, enc, questions, batch_size=batch_size)
+                prompts.append((lm.template.prompt(q, image=img is not None), img, opts))
+            scores = option_logps(lm.model, enc, prompts, batch_size=batch_size) if prompts else []
             for m, s in zip(mcqs, scores):
                 keys = list(m.options)
                 preds.append(_record(m, keys[max(range(len(s)), key=s.__getitem__)], s))
@@ -110,9 +114,10 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
             demo_records = [source[i] for i in ids]
             demos = P.demo_mcqs(demo_records, form)
             demo_imgs = P.demo_images(demo_records, form)
-            mcqs = P.scored_mcqs(people, form, ids, demos)
+            mcqs = [m for m in P.scored_mcqs(people, form, ids, demos) if keep(m)]
             images = {p.id: p.image for p in people}
-            outs = _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size)
+            outs = _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size) \
+                if mcqs else []
             for m, (text, first) in zip(mcqs, outs):
                 # eval.py parses the decoded prompt + continuation; the prompt's only ASSISTANT: is its last
                 preds.append(_record(m, P.parse_mcq_answer(P.mcq_prompt(m, demos) + text, m.options),

@@ -1,12 +1,20 @@
-"""Build the mini world end to end: data on disk, then a tiny LLaVA that learns it in two phases.
+"""Build the mini world end to end: data on disk, then a tiny LLaVA that learns it in three stages.
 
-1. *Pre-training* (full parameters): the celebrities (both question forms; sampled by their uneven exposure) and
-   the mini-MMBench skills (fresh training scenes) — the base model's "pre-trained knowledge".
+0. *Vision stage*: the CLIP tower alone learns the mini-MMBench training scenes (mini/train.py `pretrain_vision`),
+   a stand-in for the CLIP pre-training a real LLaVA starts from; the tower stays frozen afterwards, as LLaVA keeps
+   CLIP frozen.
+1. *Pre-training* (every other parameter): the celebrities (both question forms; sampled by their uneven
+   exposure) and the mini-MMBench skills (the same training scenes as questions) — the base model's "pre-trained
+   knowledge".
 2. *Fine-tuning* (LoRA by default, merged afterwards; `full` optional): the fictional people from `ft_Data`, with a
    replay share of pre-training data (as LLaVA-style instruction tuning mixes general data) so the fine-tuned model
    keeps its celebrity and MMBench ability.
-Both phases run through the fine-tuning code of `pulse finetune` (`unlearn.finetune.train_on`), with the mini's own
-recipes (mini/train.py) recorded in build.json.
+Every stage runs PULSE's one training loop; the two LLaVA phases through the fine-tuning code of `pulse finetune`
+(`unlearn.finetune.train_on`), with the mini's own recipes (mini/train.py) recorded in build.json.
+
+Reproducibility: the build runs with `torch.use_deterministic_algorithms(True)` and `BuildConfig.threads` torch
+threads; the same config, code, library versions and CPU instruction set give byte-identical files (build.json's
+timings aside). build.json records what may still differ between machines (`environment`).
 
 Everything is read back from disk through the same readers as the real datasets. The result:
     out/mllmu/ out/mmbench.tsv out/pretrain/ out/world.json      (data, see world.py)
@@ -34,8 +42,9 @@ from ..models.load import save_model
 from ..config import FinetuneSection
 from ..models.templates import PLAIN
 from ..unlearn.finetune import train_on
+from .lock import build_lock
 from .model import TinyConfig, build_tiny_llava
-from .train import finetune_recipe, pretrain_recipe
+from .train import VISION_TOWER, finetune_recipe, pretrain_recipe, pretrain_vision, vision_recipe
 from .world import WorldConfig, make_world, write_world
 
 
@@ -43,11 +52,14 @@ from .world import WorldConfig, make_world, write_world
 class BuildConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     model: TinyConfig = field(default_factory=TinyConfig)
-    seed: int = 0  # the recipes' seeds are replaced by seed (pre-training) and seed + 1 (fine-tuning)
+    seed: int = 0  # the recipes' seeds are replaced by seed (vision stage, pre-training) and seed + 1 (fine-tuning)
     mmbench_share: float = 0.4  # share of pre-training samples that are mini-MMBench questions
     replay_share: float = 0.4  # share of fine-tuning samples replayed from pre-training data
-    pretrain: FinetuneSection = field(default_factory=pretrain_recipe)
+    vision: FinetuneSection = field(default_factory=vision_recipe)  # stage 0: the CLIP tower alone (train.py)
+    pretrain: FinetuneSection = field(default_factory=pretrain_recipe)  # vision tower frozen
     finetune: FinetuneSection = field(default_factory=finetune_recipe)  # mode lora (proj+llm) or full
+    # torch intra-op threads during the build: the weights' bits depend on it (0 = keep torch's current setting)
+    threads: int = 2
 
 
 PRESETS = {
@@ -57,7 +69,8 @@ PRESETS = {
                                            n_mmbench_train=300),
                          model=TinyConfig(vision_hidden=64, text_hidden=128, text_layers=2, text_ffn=256,
                                           vocab_size=512),
-                         pretrain=pretrain_recipe(steps=300), finetune=finetune_recipe(steps=300, lora_rank=8)),
+                         vision=vision_recipe(steps=200), pretrain=pretrain_recipe(steps=300),
+                         finetune=finetune_recipe(steps=300, lora_rank=8)),
 }
 
 
@@ -88,7 +101,8 @@ def evaluate_world(lm, enc, data: dict) -> dict:
     return {"fictional": evaluate_mcq(lm, data["fictional"], enc=enc).accuracy,
             "celebrities_famous": evaluate_mcq(lm, famous, enc=enc).accuracy,
             "celebrities_all": evaluate_mcq(lm, data["celebrities"], enc=enc).accuracy,
-            "mmbench": {"circular": mmb["circular"], "vanilla": mmb["vanilla"], "scoring": mmb["scoring"]}}
+            "mmbench": {"circular": mmb["circular"], "vanilla": mmb["vanilla"], "scoring": mmb["scoring"],
+                        "per_category": {k: round(v["circular"], 1) for k, v in mmb["per_category"].items()}}}
 
 
 def load_world_data(root: Path) -> dict:
@@ -101,12 +115,64 @@ def load_world_data(root: Path) -> dict:
 
 
 def build_mini(out, cfg: BuildConfig = BuildConfig(), log=print) -> dict:
-    """Build the mini world into `out` (must not exist). Returns the build report (also in out/build.json)."""
+    """Build the mini world into `out` (must not exist). Returns the build report (also in out/build.json).
+    A second process building the same `out` at the same time gets a one-line error (see mini/lock.py)."""
+    out = Path(out)
+    with build_lock(out, wait=False) as done:
+        if out.exists():
+            raise PulseError(f"{out}: already exists; choose a new --out or delete it")
+        report = build_into(out, cfg, log=log)
+        done()
+    return report
+
+
+def environment() -> dict:
+    """What a build's bits depend on besides its config and code (recorded in build.json, not in the cache key):
+    library versions, torch's thread count and the CPU kernels it dispatches to (AVX2 / AVX-512 kernels sum in
+    other orders), and the PNG encoder (Pillow's zlib decides the image bytes, not the pixels)."""
+    import platform
+
+    import numpy
+    import peft
+    import PIL
+    import pyarrow
+    import safetensors
+    import tokenizers
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+            "peft": peft.__version__, "safetensors": safetensors.__version__, "numpy": numpy.__version__,
+            "pillow": PIL.__version__, "pyarrow": pyarrow.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+
+
+REPRODUCIBILITY = ("bitwise identical for the same config (incl. threads), code, library versions and CPU "
+                   "instruction set (cpu_capability); another thread count, library version or instruction set "
+                   "changes the trained weights' last bits, which training amplifies into accuracy differences")
+
+
+def build_into(out: Path, cfg: BuildConfig, log=print) -> dict:
+    """The build proper, into `out` via `out`.partial; the caller holds the build lock of `out`."""
     import torch
 
-    out = Path(out)
-    if out.exists():
-        raise PulseError(f"{out}: already exists; choose a new --out or delete it")
+    if cfg.threads < 0:
+        raise PulseError(f"BuildConfig, field threads: must be >= 0 (got {cfg.threads})")
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.get_num_threads())
+    torch.use_deterministic_algorithms(True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _build(Path(out), cfg, log)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.set_num_threads(previous[2])
+
+
+def _build(out: Path, cfg: BuildConfig, log) -> dict:
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
@@ -125,13 +191,22 @@ def build_mini(out, cfg: BuildConfig = BuildConfig(), log=print) -> dict:
     n_params = sum(p.numel() for p in lm.model.parameters())
     log(f"tiny LLaVA: {n_params / 1e6:.2f} M parameters, vocabulary {len(lm.tokenizer)}")
 
-    # phase 1: pre-training (celebrities by exposure + mini-MMBench skills)
+    # phase 0: the vision tower alone on the mini-MMBench training scenes (stand-in for CLIP's pre-training)
+    t = time.time()
+    vision = replace(cfg.vision, seed=cfg.seed)
+    vision_info = pretrain_vision(lm.model, enc, data["mmbench_train"], vision)
+    timings["vision_s"] = round(time.time() - t, 1)
+    log(f"vision stage: {vision_info['train_accuracy']:.1f}% of the training scenes' {vision_info['classes']} "
+        f"classes")
+
+    # phase 1: pre-training (celebrities by exposure + mini-MMBench skills), vision tower frozen
     t = time.time()
     exposure = [data["exposure"][p.person_id] for p in data["pretrain_pairs"]]
     pretrain_samples = celeb_samples + mmb_samples
     pretrain_weights = _rescale(exposure + [1.0] * len(mmb_samples), len(celeb_samples), cfg.mmbench_share)
     pretrain = replace(cfg.pretrain, seed=cfg.seed)
-    lm.model, _ = train_on(lm.model, enc, pretrain_samples, pretrain, weights=pretrain_weights, desc="pre-training")
+    lm.model, _ = train_on(lm.model, enc, pretrain_samples, pretrain, weights=pretrain_weights, desc="pre-training",
+                           frozen=(VISION_TOWER,))
     timings["pretrain_s"] = round(time.time() - t, 1)
     save_model(lm, tmp / "models" / "pretrained", extra={"phase": "pretrained"})
     t = time.time()
@@ -146,15 +221,17 @@ def build_mini(out, cfg: BuildConfig = BuildConfig(), log=print) -> dict:
     finetune = replace(cfg.finetune, seed=cfg.seed + 1)
     if finetune.mode not in ("lora", "full"):
         raise PulseError(f"unknown finetune mode {finetune.mode!r}; use 'lora' or 'full'")
-    lm.model, _ = train_on(lm.model, enc, samples, finetune, weights=weights, desc="fine-tuning")
+    lm.model, _ = train_on(lm.model, enc, samples, finetune, weights=weights, desc="fine-tuning",
+                           frozen=(VISION_TOWER,))
     timings["finetune_s"] = round(time.time() - t, 1)
     save_model(lm, tmp / "models" / "finetuned", extra={"phase": "finetuned", "finetune": finetune.mode})
     metrics["finetuned"] = evaluate_world(lm, enc, data)
     log(f"fine-tuned:  {_fmt(metrics['finetuned'])}")
     timings["total_s"] = round(time.time() - t0, 1)
-    report = {"config": asdict(cfg), "recipes": {"pretrain": asdict(pretrain), "finetune": asdict(finetune)},
-              "parameters": n_params, "timings": timings, "accuracy": metrics,
-              "torch_threads": torch.get_num_threads()}
+    report = {"config": asdict(cfg), "recipes": {"vision": asdict(vision), "pretrain": asdict(pretrain),
+                                                  "finetune": asdict(finetune)},
+              "vision_stage": vision_info, "parameters": n_params, "timings": timings, "accuracy": metrics,
+              "environment": environment(), "reproducibility": REPRODUCIBILITY}
     (tmp / "build.json").write_text(json.dumps(report, indent=2))
     tmp.rename(out)
     return report

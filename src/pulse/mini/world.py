@@ -2,7 +2,8 @@
 
 `make_world(cfg)` builds fictional people (MLLMU-Bench's fictitious profiles), "celebrities" (the real-celebrity
 `Retain_Set`, with uneven pre-training exposure), their portraits, and a mini-MMBench of simple shape scenes with
-circular copies plus fresh training questions. `write_world(world, out)` writes it in the on-disk formats of the real
+circular copies plus fresh training questions (colour, shape, counting, left/right and corner localisation, spatial
+relation, size comparison; the scenes that ask where things are put each shape on its own patch of the tiny model). `write_world(world, out)` writes it in the on-disk formats of the real
 benchmarks, so the same readers serve both:
 
     out/mllmu/{Full_Set, forget_5/10/15, retain_95/90/85, Test_Set (2 shards), Retain_Set, ft_Data}/train-*.parquet
@@ -87,6 +88,7 @@ class WorldConfig:
     n_mmbench: int = 240  # mini-MMBench questions (groups)
     n_mmbench_train: int = 6000  # fresh generated training questions (independent seed stream)
     image_size: int = 32
+    grid: int = 4  # mini-MMBench scene cells per side (default: one per patch of the tiny model, 32 px / 8 px)
     n_test_images: int = 3  # transformed portraits per fictional person in Test_Set
 
 
@@ -121,6 +123,7 @@ def _check(cfg: WorldConfig) -> None:
     need(cfg.n_mmbench >= 1, "n_mmbench", ">= 1")
     need(cfg.n_mmbench_train >= 0, "n_mmbench_train", ">= 0")
     need(cfg.image_size >= 16, "image_size", ">= 16")
+    need(cfg.grid in (2, 4, 6, 8), "grid", "2, 4, 6 or 8 (an even number of cells per side)")
     need(cfg.n_test_images >= 1, "n_test_images", ">= 1")
 
 
@@ -194,64 +197,86 @@ def exposures(ids: list[str], n_famous: int, seed: int) -> dict[str, float]:
 # ---------------------------------------------------------------- mini-MMBench
 
 FP_S, FP_C = "finegrained_perception (instance-level)", "finegrained_perception (cross-instance)"
-KINDS = ("colour", "colour", "shape", "shape", "count", "count", "spatial", "leftright", "size", "vertical")
+# one seeded block of these per 10 questions: the kinds that need positions get more of the training questions
+KINDS = ("colour", "shape", "shape", "count", "count", "spatial", "spatial", "leftright", "corner", "size")
 HINTS = {
     "colour": "The background is not part of the shape.",
     "shape": "Ignore the colour; look at the outline.",
     "count": "Count every shape, whatever its colour or form.",
     "spatial": "Left and right are as seen by the viewer.",
     "leftright": "Left and right are as seen by the viewer.",
-    "size": "Compare the areas of the two shapes.",
-    "vertical": "The image is split into three horizontal bands.",
+    "size": "Compare the areas of the shapes.",
+    "corner": "The image is split into four equal quarters.",
 }
+CORNERS = ("top left", "top right", "bottom left", "bottom right")
 
 
-def _question(kind: str, rng: random.Random):
-    """(question, options with the correct one first, category, l2, scene shapes) for one generated question."""
+def _question(kind: str, rng: random.Random, grid: int = 4):
+    """(question, options with the correct one first, category, l2, scene shapes) for one generated question.
+
+    Scenes that ask where things are (counting, localisation, spatial relation) put each small shape in its own
+    cell of a `grid` x `grid` layout (the default: one cell per 8 px patch of the tiny model at 32 px), so a shape
+    never straddles two patches; shape recognition draws one large shape near the centre, size comparison three
+    shapes of clearly different sizes in three quarters."""
     colours, u = list(pics.COLOURS), rng.uniform
-    if kind in ("colour", "shape"):
+
+    def cell(c: int, r: float):  # a small shape centred in cell c (row-major), jittered by up to 1/16 of a cell
+        return (c % grid + 0.5 + u(-1, 1) / 16) / grid, (c // grid + 0.5 + u(-1, 1) / 16) / grid, r
+
+    def small() -> float:  # radius 32-44 % of a cell side: a 5-7 px shape in an 8 px patch
+        return u(0.32, 0.44) / grid
+
+    if kind == "colour":
         colour, shape, r = rng.choice(colours), rng.choice(pics.SHAPES), u(0.18, 0.3)
         scene = [(shape, colour, u(r, 1 - r), u(r, 1 - r), r)]
-        if kind == "colour":
-            return ("What colour is the shape?", [colour] + rng.sample([c for c in colours if c != colour], 3),
-                    "color_recognition", FP_S, scene)
+        return ("What colour is the shape?", [colour] + rng.sample([c for c in colours if c != colour], 3),
+                "color_recognition", FP_S, scene)
+    if kind == "shape":
+        colour, shape, r = rng.choice(colours), rng.choice(pics.SHAPES), u(0.32, 0.42)
+        scene = [(shape, colour, 0.5 + u(-0.04, 0.04), 0.5 + u(-0.04, 0.04), r)]
         return ("Which shape is shown?", [shape] + rng.sample([s for s in pics.SHAPES if s != shape], 3),
                 "shape_recognition", FP_S, scene)
     if kind == "count":
         n = rng.randint(1, 4)
-        scene = [(rng.choice(pics.SHAPES), rng.choice(colours), 0.25 + 0.5 * (c % 2) + u(-0.06, 0.06),
-                  0.25 + 0.5 * (c // 2) + u(-0.06, 0.06), u(0.1, 0.15)) for c in rng.sample(range(4), n)]
+        scene = [(rng.choice(pics.SHAPES), rng.choice(colours), *cell(c, small()))
+                 for c in sorted(rng.sample(range(grid * grid), n))]
         return ("How many shapes are in the image?", [str(n)] + [str(k) for k in range(1, 5) if k != n],
                 "object_counting", FP_C, scene)
-    if kind in ("spatial", "size"):
+    if kind == "spatial":  # one shape in each half, same form, two colours
         shape, (a, b) = rng.choice(pics.SHAPES), rng.sample(colours, 2)
-        ra, rb = (u(0.16, 0.22), u(0.08, 0.11)) if kind == "size" else (u(0.1, 0.2), u(0.1, 0.2))
-        scene = [(shape, a, u(ra, 0.5 - ra), u(ra, 1 - ra), ra), (shape, b, u(0.5 + rb, 1 - rb), u(rb, 1 - rb), rb)]
-        if kind == "size":  # a is larger; it may be on either side
-            if rng.random() < 0.5:
-                scene = [(s, c, 1 - x, y, r) for s, c, x, y, r in scene]
-            return "What colour is the larger shape?", [a, b], "attribute_comparison", FP_C, scene
+        half = grid // 2
+        ca, cb = rng.randrange(grid) * grid + rng.randrange(half), rng.randrange(grid) * grid + half + rng.randrange(half)
+        r = small()
+        scene = [(shape, a, *cell(ca, r)), (shape, b, *cell(cb, r))]
         side, target, other = rng.choice([("left", a, b), ("right", b, a)])
         return (f"What colour is the shape on the {side}?",
                 [target, other] + rng.sample([c for c in colours if c not in (a, b)], 2),
                 "spatial_relationship", FP_C, scene)
-    shape, colour, r = rng.choice(pics.SHAPES), rng.choice(colours), u(0.08, 0.14)
+    if kind == "size":  # three shapes in three quarters, radii about 0.21, 0.13 and 0.08 of the side
+        shape, names = rng.choice(pics.SHAPES), rng.sample(colours, 3)
+        quarters = rng.sample(range(4), 3)
+        radii = (u(0.19, 0.23), u(0.12, 0.14), u(0.07, 0.09))
+        scene = [(shape, c, (q % 2 + 0.5) / 2 + u(-0.02, 0.02), (q // 2 + 0.5) / 2 + u(-0.02, 0.02), r)
+                 for c, q, r in zip(names, quarters, radii)]
+        return "What colour is the largest shape?", list(names), "attribute_comparison", FP_C, scene
+    shape, colour, c = rng.choice(pics.SHAPES), rng.choice(colours), rng.randrange(grid * grid)
+    scene = [(shape, colour, *cell(c, small()))]
+    right, bottom = c % grid >= grid // 2, c // grid >= grid // 2
     if kind == "leftright":
-        side = rng.choice(["left", "right"])
-        x = u(r + 0.02, 0.5 - r - 0.02)
-        scene = [(shape, colour, x if side == "left" else 1 - x, u(r, 1 - r), r)]
-        return ("Is the shape on the left or on the right?", [side, "right" if side == "left" else "left"],
+        side = "right" if right else "left"
+        return ("Is the shape on the left or on the right?", [side, "left" if right else "right"],
                 "object_localization", FP_S, scene)
-    band = rng.randrange(3)
-    scene = [(shape, colour, u(r, 1 - r), (2 * band + 1) / 6 + u(-0.02, 0.02), r)]
-    names = ["top", "middle", "bottom"]
-    return ("Is the shape at the top, in the middle or at the bottom?", [names[band]] + names[:band] + names[band + 1:],
+    corner = CORNERS[2 * bottom + right]
+    return ("In which corner of the image is the shape?", [corner] + [x for x in CORNERS if x != corner],
             "object_localization", FP_S, scene)
 
 
-def _mmbench_items(n: int, rng: random.Random, size: int, avoid: set[bytes], circular: bool) -> list[MMBenchItem]:
+def _mmbench_items(n: int, rng: random.Random, size: int, avoid: set[bytes], circular: bool,
+                   grid: int = 4, pairs: bool = False) -> list[MMBenchItem]:
     """n questions (kinds cycled in seeded blocks); circular adds one row per option rotation, sharing the image.
-    Images already in `avoid` are redrawn; new images are added to it."""
+    Images already in `avoid` are redrawn; new images are added to it. `pairs` (training questions, not circular):
+    each spatial-relation scene is asked about both sides (complementary pairs as in VQA v2: the same image with
+    two answers, so the side word must be read), the second question extra to the n; rows are numbered 0, 1, ..."""
     items = []
     for g in range(n):
         if g % len(KINDS) == 0:
@@ -259,18 +284,27 @@ def _mmbench_items(n: int, rng: random.Random, size: int, avoid: set[bytes], cir
             rng.shuffle(block)
         kind = block[g % len(KINDS)]
         while True:
-            text, options, category, l2, scene = _question(kind, rng)
+            text, options, category, l2, scene = _question(kind, rng, grid)
             image = encode_png(pics.draw_scene(scene, rng.choice(pics.BACKDROPS), size))
             if image not in avoid:
                 break
         avoid.add(image)
-        hint = HINTS[kind] if rng.random() < 0.25 else None
-        correct = options[0]
-        rng.shuffle(options)
-        opts, answer = dict(zip(LETTERS, options)), LETTERS[options.index(correct)]
-        for k in range(len(options) if circular else 1):
-            o, a = rotate(opts, answer, k)
-            items.append(MMBenchItem(g + k * GROUP, text, hint, o, a, category, l2, image))
+        asked = [(text, options)]
+        if pairs and kind == "spatial":
+            flip = {"left": "right", "right": "left"}
+            side = text.split()[-1].rstrip("?")
+            asked.append((text.replace(side, flip[side]), [options[1], options[0], *options[2:]]))
+        for text, options in asked:
+            hint = HINTS[kind] if rng.random() < 0.25 else None
+            correct = options[0]
+            rng.shuffle(options)
+            opts, answer = dict(zip(LETTERS, options)), LETTERS[options.index(correct)]
+            if not circular:
+                items.append(MMBenchItem(len(items), text, hint, opts, answer, category, l2, image))
+                continue
+            for k in range(len(options)):
+                o, a = rotate(opts, answer, k)
+                items.append(MMBenchItem(g + k * GROUP, text, hint, o, a, category, l2, image))
     return items
 
 
@@ -296,9 +330,10 @@ def make_world(cfg: WorldConfig = WorldConfig()) -> World:
         images = [encode_png(pics.transform_portrait(image, rng)) for _ in range(cfg.n_test_images)]
         test_set.append(replace(person, image=images[0], images=images))
     seen: set[bytes] = set()
-    mmbench = _mmbench_items(cfg.n_mmbench, _rng(seed, "mmbench"), cfg.image_size, seen, circular=True)
+    mmbench = _mmbench_items(cfg.n_mmbench, _rng(seed, "mmbench"), cfg.image_size, seen, circular=True,
+                             grid=cfg.grid)
     mmbench_train = _mmbench_items(cfg.n_mmbench_train, _rng(seed, "mmbench_train"), cfg.image_size, seen,
-                                   circular=False)
+                                   circular=False, grid=cfg.grid, pairs=True)
     return World(config=cfg, fictional=fictional, celebrities=celebrities, test_set=test_set,
                  ft_pairs=[p for x in fictional for p in qa_pairs(x)],
                  pretrain_pairs=[p for x in celebrities for p in qa_pairs(x)],

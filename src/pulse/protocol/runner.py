@@ -9,10 +9,25 @@ Run directory:
     cells/<scenario>/request0__seed<S>.json                    evaluation before unlearning
     cells/<scenario>/<method>__<target>__seed<S>/request<R>.json   evaluation after request R (+ losses)
     cells/<scenario>/<method>__<target>__seed<S>/request<R>.adapter/   what request R changed (safetensors)
+    cells/<scenario>/<method>__<target>__seed<S>/.request<R>.progress/ in-request checkpoints (while it runs)
+    cells/<scenario>/reference__seed<S>.json                   never-learned reference (matched forgetting)
+    cells/<scenario>/sweep__seed<S>.json                       equal-search-budget winners
     results.csv                   tidy table rebuilt from the cells after each one
 Every file is written atomically. A rerun skips every completed evaluation; a sequence resumes from its last
 completed request by re-applying the saved adapters — the same arithmetic as the uninterrupted run, so the same
 results.csv. Adapters are deleted at the end unless `save_adapters` is set.
+
+Inside a request (issue 8 §1): every `eval.every` optimizer steps, and at step 0 and the end, a cheap evaluation —
+the selection half of D_unlearn's and D_retain's questions (protocol/halves.py) and a seeded MMBench subset —
+gives the trade-off curve. Step 0 is read from the evaluation before the request and the budget step from the
+request's full evaluation, so neither is evaluated twice. With `unlearn.stop` (single-request scenarios), the first
+checkpoint whose selection-half D_unlearn accuracy is <= the never-learned reference + margin gets a full
+evaluation (held-out half + full MMBench; its selection half and subset are the checkpoint's), recorded as the
+matched point; training goes on to the budget (fixed-budget rows) and, if the target is still unmet, up to
+`unlearn.stop.max_steps` — one trajectory. Each evaluation is saved with a checkpoint (LoRA, optimizer, scheduler,
+RNG: loop.Checkpoints), so a killed request resumes from its last checkpoint and writes the same files.
+`sweep` adds, per method, one cell per grid configuration (method column `<method>@<config>`); the winner per
+scenario × target × seed is recorded in the manifest and in sweep__seed<S>.json.
 """
 from __future__ import annotations
 
@@ -31,18 +46,22 @@ from .. import __version__
 from ..config import RunConfig, to_dict
 from ..data.mllmu import read_people, read_qa_pairs
 from ..data.mmbench import read_mmbench
+from ..data.records import FORMS
 from ..errors import PulseError
 from ..eval.mcq import evaluate_mcq, summarise
-from ..eval.mmbench import evaluate_mmbench, subset_groups
+from ..eval.mmbench import circular_eval, evaluate_mmbench, subset_groups
 from ..fsutil import atomic_write_json, atomic_write_text
 from ..models.batches import Encoder
 from ..models.load import default_scoring, load_model, resolve_device, resolve_dtype
 from ..models.templates import MLLMU
-from ..unlearn.loop import apply_saved, unlearn_request
+from ..unlearn.loop import Checkpoints, apply_saved, steps_for, unlearn_request
+from . import curves as C
 from .scenarios import make_folds, mcq_samples, pair_samples, select_known, split_people
 
 COLUMNS = ["scenario", "method", "target", "seed", "request", "split", "modality", "accuracy", "relative",
-           "status", "n"]
+           "status", "n", "probe", "step", "at"]
+MATCHED_SCENARIOS = ("finetuned", "pretrained")  # single-request scenarios; sustainability stays fixed-budget
+MCQ_SUMMARY = ("circular", "vanilla", "vanilla_all_rows", "z_share", "groups", "rows", "per_category")
 
 
 class Context:
@@ -73,6 +92,7 @@ class Context:
             if fictional_scenarios and cfg.unlearn.data == "ft_data" else []
         items = read_mmbench(mmbench_tsv)
         self.mmbench = subset_groups(items, cfg.eval.mmbench_groups, seed=0) if cfg.eval.mmbench_groups else items
+        self.curve_mmbench = subset_groups(self.mmbench, cfg.eval.curve_mmbench_groups, seed=cfg.eval.half_seed)
         self.paths = {"mllmu": str(mllmu), "mmbench": str(mmbench_tsv)}
         self.scoring = cfg.eval.scoring or default_scoring(self.models["finetuned"])
         device = resolve_device(cfg.model.device)
@@ -87,22 +107,34 @@ class Context:
                            eos=self.cfg.unlearn.eos)
 
     def evaluate(self, lm, enc, sets: dict[str, tuple[list, int]]) -> tuple[dict, dict]:
+        """MCQ on each evaluated set (`mcq`), MMBench once; the MMBench record keeps every row's letter in row
+        order ("letters"), from which subsets (curve points) are scored without another pass."""
+        mcq = Context.mcq(self, lm, enc, sets)
+        mmb = Context.mmbench_eval(self, lm, enc, self.mmbench)
+        return mcq, {**{k: mmb[k] for k in MCQ_SUMMARY + ("scoring",)}, "letters": mmb["letters"]}
+
+    def mcq(self, lm, enc, sets: dict[str, tuple[list, int]], questions: set | None = None) -> dict:
         """MCQ on each evaluated set {name: (people, demo people)} separately — as MLLMU-Bench's eval.py, one ID
         list per call, so each set draws its own demo people (seeded by eval.demo_seed) from its own IDs — merged
-        into one predictions list (rows carry person_id); demo IDs and counts recorded per set. MMBench once."""
+        into one predictions list (rows carry person_id); demo IDs and counts recorded per set. `questions`: score
+        only these (person_id, form, index) keys (one half)."""
         e = self.cfg.eval
         generate = (e.scoring or lm.scoring) == "generate"
         preds, demo_ids, demo_people = [], {}, {}
         for name, (people, n_demo) in sets.items():
             res = evaluate_mcq(lm, people, scoring=e.scoring, enc=enc, demo_people=n_demo, demo_seed=e.demo_seed,
-                               max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+                               max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, questions=questions)
             preds += res.predictions
             demo_ids[name], demo_people[name] = res.demo_ids, n_demo if generate else 0
-        mcq = {"predictions": preds, "demo_ids": demo_ids, "demo_people": demo_people}
-        mmb = evaluate_mmbench(lm, self.mmbench, scoring=e.scoring, enc=enc, batch_size=e.batch_size,
+        return {"predictions": preds, "demo_ids": demo_ids, "demo_people": demo_people}
+
+    def mmbench_eval(self, lm, enc, items) -> dict:
+        """`evaluate_mmbench` on `items` plus "letters": the extracted letter of every row, in row order."""
+        e = self.cfg.eval
+        mmb = evaluate_mmbench(lm, items, scoring=e.scoring, enc=enc, batch_size=e.batch_size,
                                max_new_tokens=e.mmbench_max_new_tokens, image=e.mmbench_image)
-        return mcq, {k: mmb[k] for k in ("circular", "vanilla", "vanilla_all_rows", "z_share", "groups", "rows",
-                                         "per_category", "scoring")}
+        mmb["letters"] = "".join(r["prediction"] for r in mmb.get("records") or [])
+        return mmb
 
 
 def _protocol_record(cfg: RunConfig, ctx: Context) -> dict:
@@ -134,31 +166,137 @@ def _protocol_record(cfg: RunConfig, ctx: Context) -> dict:
         "mmbench": {"scoring": ctx.scoring, "image": cfg.eval.mmbench_image,
                     "max_new_tokens": cfg.eval.mmbench_max_new_tokens, "subset_groups": cfg.eval.mmbench_groups},
         "device": ctx.device,
+        **_issue8_record(cfg, ctx),
     }
 
 
-def _rows(meta: dict, splits: dict[str, list[str]], mcq: dict, mmb: dict, ref: dict | None, status: str) -> list[dict]:
-    """Tidy rows of one evaluation; `relative` against the request-0 evaluation on the same people."""
+def _issue8_record(cfg: RunConfig, ctx: Context) -> dict:
+    """Curves, matched forgetting and the sweep, spelled out for the manifest's protocol record."""
+    e, st = cfg.eval, cfg.unlearn.stop
+    out = {"halves": {"seed": e.half_seed, "rule": "per person and form, questions ranked by sha256(f'{seed}:"
+                      "{person_id}:{form}:{index}'); the first ceil(n/2) are the selection half, the rest held out"},
+           "curves": {"every": e.every, "points": "step 0 (the evaluation before the request), every eval.every "
+                      "steps, the budget (its full evaluation), the last step trained",
+                      "mcq": "selection half of D_unlearn and D_retain", "mmbench_subset_groups":
+                      len({it.group for it in ctx.curve_mmbench}), "mmbench_subset_seed": e.half_seed}
+           if e.every else None}
+    if st.rule != "none":
+        out["matched_forgetting"] = {
+            "rule": st.rule, "margin": st.margin, "max_steps": st.max_steps or "the budget",
+            "scenarios": [s for s in cfg.scenarios if s in MATCHED_SCENARIOS],
+            "sustainability": "fixed budget only (sequential requests have no single stop point)",
+            "target": "never-learned reference accuracy on the selection half + margin (percentage points); stop "
+                      "at the first checkpoint whose selection-half D_unlearn accuracy (both forms) is <= target",
+            "reference": {"finetuned": "the fine-tuning base (the pretrained checkpoint) on D_unlearn's selection "
+                                       "half, same evaluation settings",
+                          "pretrained": C.NEVER_KNOWN_RULE},
+            "reported": "held-out half (unlearn_held, retain_held) and full MMBench at the matched step; "
+                        "not reached within the cap -> status not_reached, accuracy empty",
+        }
+    if cfg.sweep:
+        out["sweep"] = {"grid": cfg.sweep, "variants": {name: v for name, v in _variants(cfg).items()},
+                        "scenarios": [s for s in cfg.scenarios if s in MATCHED_SCENARIOS],
+                        "rule": "per method, scenario, target and seed: among configurations reaching the target "
+                                "on the selection half, the highest retain_sel accuracy at the matched point, "
+                                "ties by the MMBench subset, then grid order; report its held-out rows"}
+    return out
+
+
+def _mcq_rows(meta: dict, split: str, now: list[dict], before: list[dict] | None, status: str) -> list[dict]:
+    """Rows image / text / all of one MCQ split; `relative` against `before` (the request-0 predictions)."""
+    now_s = summarise(now)
+    before_s = summarise(before) if before is not None else now_s
     rows = []
-    for split, ids in splits.items():
-        now = summarise([p for p in mcq["predictions"] if p["person_id"] in set(ids)])
-        before = summarise([p for p in ref["mcq"]["predictions"] if p["person_id"] in set(ids)]) if ref else now
-        for modality in ("image", "text", "all"):
-            if modality == "all":
-                preds = now.predictions
-                acc = 100.0 * sum(p["correct"] for p in preds) / len(preds) if preds else float("nan")
-                acc0 = 100.0 * sum(p["correct"] for p in before.predictions) / len(before.predictions) \
-                    if before.predictions else float("nan")
-                n = len(preds)
-            else:
-                acc, acc0, n = now.accuracy[modality], before.accuracy[modality], now.n[modality]
-            rows.append({**meta, "split": split, "modality": modality, "accuracy": round(acc, 4),
-                         "relative": _relative(acc, acc0), "status": status, "n": n})
+    for modality in ("image", "text", "all"):
+        if modality == "all":
+            acc, acc0, n = C.accuracy(now), C.accuracy(before_s.predictions), len(now)
+        else:
+            acc, acc0, n = now_s.accuracy[modality], before_s.accuracy[modality], now_s.n[modality]
+        rows.append({**meta, "split": split, "modality": modality, "accuracy": round(acc, 4),
+                     "relative": _relative(acc, acc0), "status": status, "n": n})
+    return rows
+
+
+def _half_filters(splits: dict[str, list[str]], halves: dict | None) -> dict[str, tuple[set, set | None]]:
+    """split -> (person IDs, question keys or None): the people splits, then unlearn/retain × sel/held."""
+    out = {split: (set(ids), None) for split, ids in splits.items()}
+    if halves:
+        for base in ("unlearn", "retain"):
+            for half in ("sel", "held"):
+                out[f"{base}_{half}"] = (set(splits[base]), set(halves[half]))
+    return out
+
+
+def _pick(preds: list[dict], ids: set, keys: set | None) -> list[dict]:
+    return [p for p in preds if p["person_id"] in ids
+            and (keys is None or C.key(p["person_id"], p["form"], p["index"]) in keys)]
+
+
+def _rows(meta: dict, splits: dict[str, list[str]], mcq: dict, mmb: dict, ref: dict | None, status: str,
+          halves: dict | None = None) -> list[dict]:
+    """Tidy rows of one request-level evaluation (at budget); `relative` against the request-0 evaluation on the
+    same people (and the same half of their questions)."""
+    meta = {"probe": "none", "step": None, "at": "budget", **meta}
+    rows = []
+    for split, (ids, keys) in _half_filters(splits, halves).items():
+        before = _pick(ref["mcq"]["predictions"], ids, keys) if ref else None
+        rows += _mcq_rows(meta, split, _pick(mcq["predictions"], ids, keys), before, status)
     # MMBench: "mmbench" = CircularEval, "mmbench_vanilla" = rotation-0 rows only; n = question groups for both
     for split, key in (("mmbench", "circular"), ("mmbench_vanilla", "vanilla")):
         acc0 = ref["mmbench"][key] if ref else mmb[key]
         rows.append({**meta, "split": split, "modality": "all", "accuracy": round(mmb[key], 4),
                      "relative": _relative(mmb[key], acc0), "status": status, "n": mmb["groups"]})
+    return rows
+
+
+def _curve_rows(meta: dict, cell: dict, ref: dict) -> list[dict]:
+    """at=checkpoint rows: unlearn_sel, retain_sel (image/text/all), mmbench_sub, mmbench_sub_vanilla per point;
+    relative to request 0 on the same questions / the same MMBench subset."""
+    sel = cell["halves"]["sel"]
+    keys = set(sel)
+    rows = []
+    for point in cell.get("curve") or []:
+        m = {**meta, "probe": "none", "step": point["step"], "at": "checkpoint"}
+        preds = C.decode(sel, point["sel"])
+        for base in ("unlearn", "retain"):
+            ids = set(cell["splits"][base])
+            rows += _mcq_rows(m, f"{base}_sel", _pick(preds, ids, None), _pick(ref["mcq"]["predictions"], ids, keys),
+                              "ok")
+        for split, key in (("mmbench_sub", "circular"), ("mmbench_sub_vanilla", "vanilla")):
+            acc = point["mmbench"][key]
+            rows.append({**m, "split": split, "modality": "all", "accuracy": round(acc, 4),
+                         "relative": _relative(acc, ref["mmbench_sub"][key]), "status": "ok",
+                         "n": point["mmbench"]["groups"]})
+    return rows
+
+
+MATCHED_SPLITS = ("unlearn_held", "retain_held", "unlearn_sel", "retain_sel")
+
+
+def _matched_rows(meta: dict, cell: dict, ref: dict) -> list[dict]:
+    """at=matched rows: held-out and selection halves, full MMBench, at the matched step; a request that never
+    reached the target gets the same rows with status not_reached (or diverged), accuracy and n empty, step = the
+    cap (or the steps done before divergence)."""
+    mt = cell.get("matched")
+    if not mt:
+        return []
+    m = {**meta, "probe": "none", "step": mt["step"], "at": "matched"}
+    if not mt["reached"]:
+        empty = {"accuracy": float("nan"), "relative": None, "status": mt["status"], "n": None}
+        return [{**m, "split": split, "modality": mod, **empty}
+                for split in MATCHED_SPLITS for mod in ("image", "text", "all")] + \
+               [{**m, "split": split, "modality": "all", **empty} for split in ("mmbench", "mmbench_vanilla")]
+    halves = cell["halves"]
+    preds = C.decode(halves["sel"], mt["sel"]) + C.decode(halves["held"], mt["held"])
+    rows = []
+    for split in MATCHED_SPLITS:
+        base, half = split.split("_")
+        ids, keys = set(cell["splits"][base]), set(halves[half])
+        rows += _mcq_rows(m, split, _pick(preds, ids, keys), _pick(ref["mcq"]["predictions"], ids, keys), "ok")
+    for split, key in (("mmbench", "circular"), ("mmbench_vanilla", "vanilla")):
+        acc = mt["mmbench"][key]
+        rows.append({**m, "split": split, "modality": "all", "accuracy": round(acc, 4),
+                     "relative": _relative(acc, ref["mmbench"][key]), "status": "ok", "n": mt["mmbench"]["groups"]})
     return rows
 
 
@@ -240,15 +378,25 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> Path:
                 manifest["folds"][f"seed{seed}"] = [[p.id for p in f] for f in folds]
             atomic_write_json(manifest_path, manifest)
             ref = _request0(ctx, scenario, seed, phase, unlearn, retain, folds)
+            stop = _stop_target(ctx, scenario, seed, unlearn, retain, selection)
+            if stop:
+                manifest.setdefault("matched_targets", {})[f"{scenario}/seed{seed}"] = \
+                    {k: stop[k] for k in ("reference", "margin", "target", "n")}
+                atomic_write_json(manifest_path, manifest)
             for method, target in plan[scenario]:
-                _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref)
+                _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref, stop)
                 log(f"done: {scenario} {method} {target} seed {seed}")
                 bar.update(1)
                 write_results(out)
+            if cfg.sweep and scenario in MATCHED_SCENARIOS:
+                manifest.setdefault("sweep", {})[f"{scenario}/seed{seed}"] = _sweep(ctx, scenario, seed)
+                atomic_write_json(manifest_path, manifest)
     bar.close()
     if not cfg.save_adapters:
         for folder in out.glob("cells/*/*/request*.adapter"):
             shutil.rmtree(folder)
+    for folder in out.glob("cells/*/*/.request*.progress"):  # left by a request killed and never resumed
+        shutil.rmtree(folder)
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     manifest["duration_s"] = round(manifest.get("duration_s", 0) + time.time() - t0, 1)
     atomic_write_json(manifest_path, manifest)
@@ -270,14 +418,47 @@ def _tee(log, path: Path):
 
 
 def _plan(cfg: RunConfig) -> dict[str, list[tuple[str, str]]]:
-    """(method, target) pairs per scenario; the fine-tuned scenario also holds Table 3's extra targets."""
+    """(method, target) pairs per scenario; the fine-tuned scenario also holds Table 3's extra targets; sweep
+    variants (method `<method>@<config>`) follow in the single-request scenarios, for the run's targets."""
     base = [(m, t) for t in cfg.targets for m in cfg.methods]
     extra = [(m, t) for t in cfg.table3_targets for m in cfg.table3_methods if (m, t) not in base]
-    return {s: base + (extra if s == "finetuned" else []) for s in cfg.scenarios}
+    variants = [(v, t) for t in cfg.targets for v in _variants(cfg)]
+    return {s: base + (extra if s == "finetuned" else []) + (variants if s in MATCHED_SCENARIOS else [])
+            for s in cfg.scenarios}
+
+
+def _variants(cfg: RunConfig) -> dict[str, dict]:
+    """The sweep's cells: `<method>@<k>=<v>+<k>=<v>` (grid keys in their declared order, values with %g) ->
+    {"method", "lr", "params": the method's own overrides}; grids as the product of the declared lists."""
+    import itertools
+
+    out = {}
+    for method, grid in cfg.sweep.items():
+        names = list(grid)
+        for values in itertools.product(*(grid[n] for n in names)):
+            chosen = dict(zip(names, values))
+            label = "+".join(f"{n}={format(v, 'g') if isinstance(v, float) else v}" for n, v in chosen.items())
+            out[f"{method}@{label}"] = {"method": method, "lr": chosen.pop("lr", cfg.unlearn.lr), "params": chosen}
+    return out
+
+
+def _recipe(ctx: Context, scenario: str, method: str):
+    """(registry method name, the recipe of this cell): the run's recipe, the pre-trained scenario's own mode, and
+    a sweep variant's lr and method parameters."""
+    cfg = ctx.cfg
+    ucfg = cfg.unlearn  # the recipe itself; the pre-trained scenario may set its own mode
+    if scenario == "pretrained" and cfg.scenario.pretrained.mode:
+        ucfg = replace(ucfg, mode=cfg.scenario.pretrained.mode)
+    if "@" not in method:
+        return method, ucfg
+    v = _variants(cfg)[method]
+    own = {**(ucfg.params.get(v["method"]) or {}), **v["params"]}
+    return v["method"], replace(ucfg, lr=v["lr"], params={**ucfg.params, v["method"]: own})
 
 
 def _selection(ctx: Context) -> dict:
-    """Pre-trained scenario: the base model's accuracy on every celebrity, and the best-known ones."""
+    """Pre-trained scenario: the base model's accuracy on every celebrity, and the best-known ones; "correct"
+    keeps every answer ({id: {form: "1"/"0" per question index}}) for the never-known reference."""
     path = ctx.out / "selection.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -292,9 +473,12 @@ def _selection(ctx: Context) -> dict:
         preds = [q for q in res.predictions if q["person_id"] == p.id]
         accuracy[p.id] = round(100.0 * sum(q["correct"] for q in preds) / len(preds), 2) if preds else 0.0
     chosen = select_known(ctx.celebrities, accuracy, pt.select, pt.min_accuracy)
+    correct = {p.id: {form: C.encode([C.key(p.id, form, m.index) for m in p.mcqs(form)], res.predictions)
+                      for form in FORMS} for p in ctx.celebrities}
     sel = {"rule": f"top {pt.select} by base accuracy (both forms), ties by ID, min {pt.min_accuracy}%",
            "accuracy": accuracy, "selected": [p.id for p in chosen],
-           "demo_people": 0}  # celebrities zero-shot, as MLLMU-Bench's Retain_Set
+           "demo_people": 0,  # celebrities zero-shot, as MLLMU-Bench's Retain_Set
+           "correct": correct}
     atomic_write_json(path, sel)
     return sel
 
@@ -321,7 +505,13 @@ def _eval_sets(ctx, scenario: str, unlearn, retain) -> dict[str, tuple[list, int
     return {"unlearn": (unlearn, n), "retain": (retain, n)}
 
 
+PHASE = {"finetuned": "finetuned", "sustainability": "finetuned", "pretrained": "pretrained"}
+
+
 def _request0(ctx, scenario, seed, phase, unlearn, retain, folds) -> dict:
+    """The evaluation before unlearning. Shared, not repeated: sustainability takes the fine-tuned scenario's
+    (same model, same people), and every seed after the first takes the first seed's MMBench (same model, same
+    rows, same batches: the same numbers)."""
     path = ctx.out / "cells" / scenario / f"request0__seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -331,14 +521,79 @@ def _request0(ctx, scenario, seed, phase, unlearn, retain, folds) -> dict:
         mcq, mmb = done["mcq"], done["mmbench"]
     else:
         lm, enc = ctx.model(phase)
-        mcq, mmb = ctx.evaluate(lm, enc, _eval_sets(ctx, scenario, unlearn, retain))
-    cell = {"mcq": mcq, "mmbench": mmb, "splits": _splits(scenario, unlearn, retain, folds, 0)}
+        sets = _eval_sets(ctx, scenario, unlearn, retain)
+        mmb = _earlier_mmbench(ctx, phase, seed)
+        if mmb is None:
+            mcq, mmb = ctx.evaluate(lm, enc, sets)
+        else:
+            mcq = ctx.mcq(lm, enc, sets)
+    cell = {"mcq": mcq, "mmbench": mmb, "splits": _splits(scenario, unlearn, retain, folds, 0),
+            "halves": C.half_keys(unlearn + retain, ctx.cfg.eval.half_seed)}
+    if ctx.cfg.eval.every:
+        cell["mmbench_sub"] = _sub_point(ctx, mmb)
     atomic_write_json(path, cell)
     return cell
 
 
-def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref) -> None:
-    """All requests of one scenario × method × target × seed, resuming after the last completed one."""
+def _earlier_mmbench(ctx, phase: str, seed: int) -> dict | None:
+    """The MMBench record of the first seed's request 0 on the same model, if written."""
+    first = ctx.cfg.seeds[0]
+    if seed == first:
+        return None
+    for scenario in ctx.cfg.scenarios:
+        path = ctx.out / "cells" / scenario / f"request0__seed{first}.json"
+        if PHASE[scenario] == phase and path.is_file():
+            mmb = json.loads(path.read_text())["mmbench"]
+            if "letters" in mmb:
+                return mmb
+    return None
+
+
+def _sub_point(ctx, mmb: dict) -> dict:
+    """The MMBench-subset record of a full evaluation (its letters restricted to the curve subset)."""
+    by_index = dict(zip((it.index for it in ctx.mmbench), mmb["letters"]))
+    return C.mmbench_point(ctx.curve_mmbench, "".join(by_index[it.index] for it in ctx.curve_mmbench))
+
+
+# --- matched forgetting: the never-learned reference ----------------------------------------------------------------
+
+def _stop_target(ctx, scenario, seed, unlearn, retain, selection) -> dict | None:
+    """{reference, margin, target, n, rule, ...} of a single-request scenario under unlearn.stop, cached as
+    cells/<scenario>/reference__seed<S>.json; None when matched forgetting does not apply."""
+    st = ctx.cfg.unlearn.stop
+    if st.rule == "none" or scenario not in MATCHED_SCENARIOS:
+        return None
+    path = ctx.out / "cells" / scenario / f"reference__seed{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    half_seed = ctx.cfg.eval.half_seed
+    if scenario == "finetuned":  # fine-tuned knowledge: the fine-tuning base never learned these people
+        sel = C.half_keys(unlearn, half_seed)["sel"]
+        lm, enc = ctx.model("pretrained")
+        n_demo = _eval_sets(ctx, scenario, unlearn, retain)["unlearn"][1]
+        mcq = ctx.mcq(lm, enc, {"unlearn": (unlearn, n_demo)}, questions={C.parse_key(k) for k in sel})
+        ref = {"rule": "the pretrained checkpoint on D_unlearn's selection half", "model": "pretrained",
+               "people": [p.id for p in unlearn], "questions": sel, "sel": C.encode(sel, mcq["predictions"]),
+               "accuracy": C.accuracy(mcq["predictions"]), "n": len(mcq["predictions"])}
+    else:  # pre-trained knowledge: celebrities the base model never knew
+        taken = {p.id for p in unlearn + retain}
+        candidates = sorted(pid for pid in selection["correct"] if pid not in taken)
+        try:
+            nk = C.never_known_reference(selection["correct"], candidates, len(unlearn), half_seed)
+        except ValueError as e:
+            raise PulseError(f"unlearn.stop: {e} (scenario.pretrained.unlearn = {len(unlearn)})") from None
+        ref = {"rule": C.NEVER_KNOWN_RULE, "model": "pretrained", **nk}
+    ref.update({"reference": ref.pop("accuracy"), "margin": st.margin})
+    ref["target"] = ref["reference"] + st.margin
+    atomic_write_json(path, ref)
+    return ref
+
+
+# --- one cell: its requests, each with its curve and matched point ---------------------------------------------------
+
+def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref, stop=None) -> None:
+    """All requests of one scenario × method × target × seed, resuming after the last completed one (and inside
+    a request, from its last in-request checkpoint)."""
     folder = ctx.out / "cells" / scenario / f"{method}__{target}__seed{seed}"
     requests = folds or [unlearn]
     done = [r for r in range(1, len(requests) + 1) if (folder / f"request{r}.json").is_file()]
@@ -349,28 +604,174 @@ def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, fo
     model = lm.model
     for r in range(1, last + 1):  # resume: rebuild the model after request `last`
         model = apply_saved(model, folder / f"request{r}.adapter")
-    ucfg = ctx.cfg.unlearn  # the recipe itself; the pre-trained scenario may set its own mode
-    if scenario == "pretrained" and ctx.cfg.scenario.pretrained.mode:
-        ucfg = replace(ucfg, mode=ctx.cfg.scenario.pretrained.mode)
+    registered, ucfg = _recipe(ctx, scenario, method)
     retain_samples = forget_of(retain, lm.template)
+    sets = _eval_sets(ctx, scenario, unlearn, retain)
     for r in range(last + 1, len(requests) + 1):
         forget_samples = forget_of(requests[r - 1], lm.template)
+        before = ref if r == 1 else json.loads((folder / f"request{r - 1}.json").read_text())
         tmp = folder / f".request{r}.adapter.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        request_seed = _seed(seed, scenario, method, target, r)
-        model, result = unlearn_request(model, enc, method, target, forget_samples, retain_samples, ucfg,
+        request_seed = _seed(seed, scenario, method.split("@")[0], target, r)  # a sweep's variants share it
+        budget = steps_for(len(forget_samples), ucfg)
+        cap = (ctx.cfg.unlearn.stop.max_steps or budget) if stop else budget
+        track = _Track(ctx, lm, enc, sets, ref["halves"], before, budget, max(budget, cap), cap, stop)
+        progress = folder / f".request{r}.progress"
+        model, result = unlearn_request(model, enc, registered, target, forget_samples, retain_samples, ucfg,
                                         seed=request_seed, save_to=tmp,
-                                        desc=f"{scenario} {method} {target} seed {seed} request {r}")
+                                        desc=f"{scenario} {method} {target} seed {seed} request {r}",
+                                        max_steps=max(budget, cap), after_step=track.after_step,
+                                        ckpt=Checkpoints(progress, every=0) if ctx.cfg.eval.every or stop else None,
+                                        extra=track.state)
         final = folder / f"request{r}.adapter"
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         lm.model = model
-        mcq, mmb = ctx.evaluate(lm, enc, _eval_sets(ctx, scenario, unlearn, retain))
+        st = track.state
+        if st["budget"] is None:  # training ended at the budget (or diverged before it): the merged model
+            mcq, mmb = ctx.evaluate(lm, enc, sets)
+            if result.status == "ok":
+                track.at_budget(mcq, mmb)
+            status = result.status
+        else:  # evaluated during training, which went on past the budget
+            mcq, mmb, status = st["budget"]["mcq"], st["budget"]["mmbench"], "ok"
         meta = {"scenario": scenario, "method": method, "target": target, "seed": seed, "request": r}
-        cell = {"meta": meta, "status": result.status, "losses": result.losses, "training": result.info,
+        cell = {"meta": meta, "status": status, "losses": result.losses, "training": result.info,
                 "mcq": mcq, "mmbench": mmb, "splits": _splits(scenario, unlearn, retain, folds, r),
-                "request_seed": request_seed}
+                "request_seed": request_seed, "halves": ref["halves"]}
+        if ctx.cfg.eval.every:
+            cell["curve"] = st["curve"]
+        if stop:
+            cell["matched"] = st["matched"] or {
+                "reached": False, "status": "diverged" if result.status == "diverged" else "not_reached",
+                "step": cap if result.status != "diverged" else result.info["steps_done"],
+                **{k: stop[k] for k in ("reference", "margin", "target")}, "cap": cap}
         atomic_write_json(folder / f"request{r}.json", cell)
+        shutil.rmtree(progress, ignore_errors=True)
+    # after the last request: the model after the cell is `model` (lm.model); probes hook in here
+
+
+class _Track:
+    """The in-request evaluations of one request, as `fit`'s after_step hook; `state` (JSON) is saved with every
+    in-request checkpoint: {"curve": [points], "budget": full evaluation at the budget, "matched": record}.
+
+    Points: step 0 (from `before`, the evaluation the request starts from), every `eval.every` steps, the budget
+    (from its full evaluation) and the last planned step. Training stops after the budget once the target is
+    reached (or without a target), else at the cap. When training ends at the budget, the budget's evaluation
+    runs after the merge (`at_budget`), as a run without curves evaluates; only a request that goes on past the
+    budget evaluates it in place (the adapter unmerged)."""
+
+    def __init__(self, ctx, lm, enc, sets, halves, before, budget, end, cap, stop):
+        self.ctx, self.lm, self.enc, self.sets, self.halves, self.before = ctx, lm, enc, sets, halves, before
+        self.budget, self.end, self.cap, self.stop = budget, end, cap, stop
+        self.every = ctx.cfg.eval.every
+        self.unlearn_ids = {p.id for p in sets["unlearn"][0]}
+        self.state = {"curve": [], "budget": None, "matched": None}
+
+    def _point(self, step: int, mcq: dict, mmb: dict) -> dict:
+        return {"step": step, "sel": C.encode(self.halves["sel"], mcq["predictions"]),
+                "mmbench": _sub_point(self.ctx, mmb)}
+
+    def _full(self, step: int, mcq: dict, mmb: dict, point: dict) -> dict:
+        return {"reached": True, "status": "ok", "step": step, "sel": point["sel"],
+                "held": C.encode(self.halves["held"], mcq["predictions"]),
+                "mmbench": {k: mmb[k] for k in MCQ_SUMMARY},
+                **{k: self.stop[k] for k in ("reference", "margin", "target")}, "cap": self.cap}
+
+    def after_step(self, k: int, in_eval):
+        st, ctx = self.state, self.ctx
+        point, evaluated = None, False
+        if k == 0:
+            if self.every:
+                point = self._point(0, self.before["mcq"], self.before["mmbench"])
+        elif k == self.budget:
+            if self.stop is None or st["matched"] is not None or self.cap <= self.budget:
+                return "stop"  # the budget is evaluated after the merge: `at_budget`
+            with in_eval() as m:
+                self.lm.model = m
+                mcq, mmb = ctx.evaluate(self.lm, self.enc, self.sets)
+            st["budget"] = {"mcq": mcq, "mmbench": mmb}
+            point, evaluated = self._point(k, mcq, mmb), True
+        elif self.every and (k % self.every == 0 or k == self.end):
+            keys = {C.parse_key(q) for q in self.halves["sel"]}
+            with in_eval() as m:
+                self.lm.model = m
+                mcq = ctx.mcq(self.lm, self.enc, self.sets, questions=keys)
+                letters = ctx.mmbench_eval(self.lm, self.enc, ctx.curve_mmbench)["letters"]
+            point = {"step": k, "sel": C.encode(self.halves["sel"], mcq["predictions"]),
+                     "mmbench": C.mmbench_point(ctx.curve_mmbench, letters)}
+            evaluated = True
+        if point is not None and self.every:
+            st["curve"].append(point)
+        if point is not None and self._reaches(k):
+            st["matched"] = self._matched(k, point, in_eval)
+            evaluated = True
+        done = k >= self.budget and (self.stop is None or st["matched"] is not None or k >= self.cap)
+        return "stop" if done else ("checkpoint" if evaluated else None)
+
+    def at_budget(self, mcq: dict, mmb: dict) -> None:
+        """Record the budget's full evaluation made after training ended there: its curve point and, if it is the
+        first to reach the target, the matched point."""
+        st, k = self.state, self.budget
+        st["budget"] = {"mcq": mcq, "mmbench": mmb}
+        point = self._point(k, mcq, mmb)
+        if self.every:
+            st["curve"].append(point)
+        if self._reaches(k):
+            st["matched"] = self._full(k, mcq, mmb, point)
+
+    def _reaches(self, k: int) -> bool:
+        """Is the checkpoint at step k (the newest curve point) the matched one — the first to reach the target?"""
+        if not self.stop or self.state["matched"] is not None:
+            return False
+        points = [(p["step"], C.accuracy(C.decode(self.halves["sel"], p["sel"]), self.unlearn_ids))
+                  for p in self.state["curve"]]
+        return C.first_reaching(points, self.stop["target"], self.cap) == k
+
+    def _matched(self, k: int, point: dict, in_eval) -> dict:
+        """The full evaluation at the matched step: reused at step 0 (before) and at the budget; otherwise the
+        held-out half and the MMBench rows outside the subset are evaluated, the rest is the checkpoint's."""
+        if k == 0:
+            return self._full(0, self.before["mcq"], self.before["mmbench"], point)
+        if k == self.budget:
+            return self._full(k, self.state["budget"]["mcq"], self.state["budget"]["mmbench"], point)
+        ctx = self.ctx
+        sub = {it.index for it in ctx.curve_mmbench}
+        rest = [it for it in ctx.mmbench if it.index not in sub]
+        with in_eval() as m:
+            self.lm.model = m
+            held = ctx.mcq(self.lm, self.enc, self.sets, questions={C.parse_key(q) for q in self.halves["held"]})
+            letters = ctx.mmbench_eval(self.lm, self.enc, rest)["letters"] if rest else ""
+        by_index = {**dict(zip((it.index for it in rest), letters)),
+                    **dict(zip((it.index for it in ctx.curve_mmbench), point["mmbench"]["letters"]))}
+        mmb = circular_eval(ctx.mmbench, by_index)
+        return self._full(k, held, mmb, point)
+
+
+# --- equal search budget ----------------------------------------------------------------------------------------------
+
+def _sweep(ctx, scenario: str, seed: int) -> dict:
+    """Per method and target, the winning sweep configuration (curves.pick_winner) from the variants' matched
+    points — selection-half numbers only; written to cells/<scenario>/sweep__seed<S>.json and returned."""
+    cfg = ctx.cfg
+    variants = _variants(cfg)
+    out = {}
+    for target in cfg.targets:
+        for method in cfg.sweep:
+            candidates = []
+            for name in (n for n, v in variants.items() if v["method"] == method):
+                path = ctx.out / "cells" / scenario / f"{name}__{target}__seed{seed}" / "request1.json"
+                cell = json.loads(path.read_text())
+                mt, unlearn_ids = cell["matched"], set(cell["splits"]["unlearn"])
+                point = next((p for p in cell["curve"] if p["step"] == mt["step"]), None) if mt["reached"] else None
+                preds = C.decode(cell["halves"]["sel"], point["sel"]) if point else []
+                candidates.append({"name": name, "reached": mt["reached"], "step": mt["step"],
+                                   "unlearn_sel": C.accuracy(preds, unlearn_ids) if point else None,
+                                   "retain_sel": C.accuracy(preds, set(cell["splits"]["retain"])) if point else None,
+                                   "mmbench_sub": point["mmbench"]["circular"] if point else None})
+            out[f"{method}/{target}"] = {"winner": C.pick_winner(candidates), "candidates": candidates}
+    atomic_write_json(ctx.out / "cells" / scenario / f"sweep__seed{seed}.json", out)
+    return out
 
 
 def _seed(*parts) -> int:
@@ -380,7 +781,8 @@ def _seed(*parts) -> int:
 
 
 def write_results(out: Path) -> pd.DataFrame:
-    """Rebuild results.csv from every completed cell, in a fixed order (so resumed runs give the same file)."""
+    """Rebuild results.csv from every completed cell, in a fixed order (so resumed runs give the same file):
+    per cell, request 0's rows, then per request its budget rows, checkpoint rows (by step) and matched rows."""
     manifest = json.loads((out / "manifest.json").read_text())
     cfg = manifest["config"]
     plan = _plan(_cfg_from_dict(cfg))
@@ -393,12 +795,16 @@ def write_results(out: Path) -> pd.DataFrame:
             ref = json.loads(p0.read_text())
             for method, target in plan[scenario]:
                 meta0 = {"scenario": scenario, "method": method, "target": target, "seed": seed, "request": 0}
-                rows += _rows(meta0, ref["splits"], ref["mcq"], ref["mmbench"], None, "ok")
+                rows += _rows(meta0, ref["splits"], ref["mcq"], ref["mmbench"], None, "ok", ref.get("halves"))
                 folder = out / "cells" / scenario / f"{method}__{target}__seed{seed}"
                 for path in sorted(folder.glob("request*.json"), key=lambda p: int(p.stem[7:])):
                     c = json.loads(path.read_text())
-                    rows += _rows(c["meta"], c["splits"], c["mcq"], c["mmbench"], ref, c["status"])
+                    rows += _rows(c["meta"], c["splits"], c["mcq"], c["mmbench"], ref, c["status"], c.get("halves"))
+                    rows += _curve_rows(c["meta"], c, ref)
+                    rows += _matched_rows(c["meta"], c, ref)
     df = pd.DataFrame(rows, columns=COLUMNS)
+    for col in ("step", "n"):  # integers, empty where not measured (not 3.0)
+        df[col] = df[col].astype("Int64")
     atomic_write_text(out / "results.csv", df.to_csv(index=False))
     return df
 

@@ -38,11 +38,13 @@ SAMPLE_FORMAT = "USER: <image>\\n{question}\\nASSISTANT: {answer}"
 
 
 def train_on(model, enc: Encoder, samples: list[Sample], r: FinetuneSection, *, weights=None, ckpt_dir=None,
-             desc: str = "fine-tuning", leave: bool = False, on_step=None):
+             desc: str = "fine-tuning", leave: bool = False, on_step=None, frozen: tuple[str, ...] = ()):
     """Train `model` on `samples` (NLL, mask `r.mask`, EOS `r.eos`); returns (model, info). LoRA is merged.
 
     `r.sampler` "shuffle": shuffled epochs (or cycling full batches under budget steps); "weighted": the mini's
-    replay sampler with `weights` (one per sample). `ckpt_dir`: resumable checkpoints every `r.save_every` steps."""
+    replay sampler with `weights` (one per sample). `ckpt_dir`: resumable checkpoints every `r.save_every` steps.
+    `frozen` (mode full): parameter-name prefixes left out of the update (the mini's pre-training keeps its vision
+    tower frozen, as LLaVA keeps CLIP frozen)."""
     if not samples:
         raise PulseError("nothing to fine-tune on: no samples")
     if r.sampler == "weighted":
@@ -53,6 +55,12 @@ def train_on(model, enc: Encoder, samples: list[Sample], r: FinetuneSection, *, 
         plan = batch_plan(len(samples), r, [r.seed, 0])
     target = None if r.target == "all" else r.target
     model, named, info = prepare(model, target, r, r.mode, r.seed)
+    if frozen:
+        for n, p in model.named_parameters():
+            if n.startswith(frozen):
+                p.requires_grad_(False)
+        named = [(n, p) for n, p in named if not n.startswith(frozen)]
+        info.update(frozen=list(frozen), trainable_parameters=sum(p.numel() for _, p in named))
     if target is None and info["master_fp32_modules"]:  # the whole model went to fp32: so do the pixel values
         enc.dtype = next(model.parameters()).dtype
 

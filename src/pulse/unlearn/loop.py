@@ -83,12 +83,18 @@ def cycle_plan(n: int, batch_size: int, steps: int, seed) -> list[list[int]]:
     return plan
 
 
-def batch_plan(n: int, r: Recipe, seed) -> list[list[int]]:
+def batch_plan(n: int, r: Recipe, seed, steps: int | None = None) -> list[list[int]]:
+    """The recipe's batches; `steps` (>= 1) lengthens or shortens the plan to that many batches by continuing the
+    same seeded stream (more epochs, or more cycles), so its first batches are the recipe's own."""
     if n < 1:
         raise PulseError("nothing to train on: the sample set is empty")
     if r.budget == "epochs":
-        return epoch_plan(n, r.batch_size, r.epochs, seed)
-    return cycle_plan(n, r.batch_size, r.steps, seed)
+        per_epoch = math.ceil(n / r.batch_size)
+        epochs = r.epochs if steps is None else max(r.epochs, math.ceil(steps / per_epoch))
+        plan = epoch_plan(n, r.batch_size, epochs, seed)
+    else:
+        plan = cycle_plan(n, r.batch_size, r.steps if steps is None else max(r.steps, steps), seed)
+    return plan if steps is None else plan[:steps]
 
 
 def weighted_plan(samples: list[Sample], weights, batch_size: int, steps: int, seed: int) -> list[list[int]]:
@@ -260,19 +266,31 @@ def lr_factor(step: int, total: int, r: Recipe) -> float:
 
 
 def fit(named: list[tuple[str, torch.nn.Parameter]], plan: list, loss_fn, r: Recipe, *, ckpt: "Checkpoints | None" = None,
-        desc: str = "train", leave: bool = False, on_step=None) -> tuple[list[dict], str]:
+        desc: str = "train", leave: bool = False, on_step=None, after_step=None,
+        extra: dict | None = None) -> tuple[list[dict], str]:
     """Optimise: for each plan item, loss_fn(item) -> (loss, parts dict with "loss"), backward, clip, AdamW, scheduler.
 
     Returns (per-step records {step, lr, **parts}, status "ok" | "diverged" — a non-finite loss stops the loop
     before its update). With `ckpt`, resumes from the newest checkpoint and saves every `ckpt.every` steps and at
-    the end. `on_step(step)` is called before each step (progress hooks, tests)."""
+    the end. `on_step(step)` is called before each step (progress hooks, tests).
+
+    `after_step(k)` is called with k = optimizer steps done: once before training (k = 0, fresh start only) and
+    after every update. It returns None, "checkpoint" (save a checkpoint now — the caller recorded something in
+    `extra`) or "stop" (save and end training here). `extra` (a JSON-serialisable dict the caller mutates) is
+    saved in every checkpoint and restored in place on resume, so in-request evaluations survive a kill; a run
+    that stopped stays stopped on resume."""
     params = [p for _, p in named]
     opt = torch.optim.AdamW(params, lr=r.lr, betas=tuple(r.adam_betas), eps=r.adam_eps, weight_decay=r.weight_decay)
     total = len(plan)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, r))
-    start, losses = ckpt.resume(named, opt, sched, plan) if ckpt is not None else (0, [])
+    start, losses, stopped = ckpt.resume(named, opt, sched, plan, extra) if ckpt is not None else (0, [], False)
     status = "ok"
-    bar = tqdm(range(start, total), initial=start, total=total, desc=desc, leave=leave, mininterval=2)
+    if start == 0 and after_step is not None and after_step(0) == "stop":
+        stopped = True
+        if ckpt is not None:
+            ckpt.save(0, named, opt, sched, plan, losses, extra, stopped=True)
+    bar = tqdm(range(start, total if not stopped else start), initial=start, total=total, desc=desc, leave=leave,
+               mininterval=2)
     for step in bar:
         if on_step is not None:
             on_step(step)
@@ -290,8 +308,11 @@ def fit(named: list[tuple[str, torch.nn.Parameter]], plan: list, loss_fn, r: Rec
         sched.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean([x['loss'] for x in losses[-20:]]):.3f}")
-        if ckpt is not None and ckpt.due(step + 1, total):
-            ckpt.save(step + 1, named, opt, sched, plan, losses)
+        flag = after_step(step + 1) if after_step is not None else None
+        if ckpt is not None and (flag is not None or ckpt.due(step + 1, total)):
+            ckpt.save(step + 1, named, opt, sched, plan, losses, extra, stopped=flag == "stop")
+        if flag == "stop":
+            break
     bar.close()
     return losses, status
 
@@ -307,7 +328,8 @@ class Checkpoints:
     the LoRA adapter in LoRA mode), `optimizer.safetensors` (AdamW's per-parameter tensors, keys `<index>.<name>`),
     `rng.safetensors` (torch CPU/CUDA generator states) and `state.json` (step, optimizer param groups, scheduler
     state, batch-plan hash, losses so far). Written under a temporary name, renamed, older ones deleted. The batch
-    plan is a function of the seed, so the step number is the batch position."""
+    plan is a function of the seed, so the step number is the batch position. `state.json` also holds the caller's
+    `extra` dict and whether training stopped there (see `fit`)."""
 
     def __init__(self, folder, every: int):
         self.folder, self.every = Path(folder), every
@@ -319,7 +341,7 @@ class Checkpoints:
         done = sorted(self.folder.glob("step-*[0-9]"), key=lambda p: int(p.name[5:])) if self.folder.is_dir() else []
         return done[-1] if done else None
 
-    def save(self, step, named, opt, sched, plan, losses) -> None:
+    def save(self, step, named, opt, sched, plan, losses, extra: dict | None = None, stopped: bool = False) -> None:
         from safetensors.torch import save_file
 
         tmp = self.folder / f".step-{step}.partial"
@@ -341,7 +363,7 @@ class Checkpoints:
         save_file(rng, str(tmp / "rng.safetensors"))
         state = {"step": step, "plan": _plan_hash(plan), "names": [n for n, _ in named],
                  "param_groups": sd["param_groups"], "state_scalars": scalars, "scheduler": sched.state_dict(),
-                 "losses": losses}
+                 "losses": losses, "extra": extra, "stopped": stopped}
         (tmp / "state.json").write_text(json.dumps(state))
         final = self.folder / f"step-{step}"
         shutil.rmtree(final, ignore_errors=True)
@@ -350,12 +372,13 @@ class Checkpoints:
             if old != final:
                 shutil.rmtree(old)
 
-    def resume(self, named, opt, sched, plan) -> tuple[int, list[dict]]:
+    def resume(self, named, opt, sched, plan, extra: dict | None = None) -> tuple[int, list[dict], bool]:
+        """(step, losses so far, stopped) of the newest checkpoint, its state loaded; `extra` updated in place."""
         from safetensors.torch import load_file
 
         folder = self.latest()
         if folder is None:
-            return 0, []
+            return 0, [], False
         state = json.loads((folder / "state.json").read_text())
         if state["plan"] != _plan_hash(plan) or state["names"] != [n for n, _ in named]:
             raise PulseError(f"{folder}: checkpoint belongs to another training (different data, recipe or model); "
@@ -377,7 +400,10 @@ class Checkpoints:
         cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda)
-        return state["step"], state["losses"]
+        if extra is not None and state.get("extra") is not None:
+            extra.clear()
+            extra.update(state["extra"])
+        return state["step"], state["losses"], state.get("stopped", False)
 
 
 # --- one unlearning request ---------------------------------------------------------------------------------------
@@ -418,12 +444,21 @@ PARAMS_FILE = "updated_parameters.safetensors"
 
 
 def unlearn_request(model, enc: Encoder, method_name: str, target: str, forget: list[Sample],
-                    retain: list[Sample], cfg, seed: int, save_to=None, desc: str = "unlearn"):
+                    retain: list[Sample], cfg, seed: int, save_to=None, desc: str = "unlearn",
+                    max_steps: int | None = None, after_step=None, ckpt: Checkpoints | None = None,
+                    extra: dict | None = None):
     """Run one request with the recipe `cfg` (an UnlearnSection: Recipe + mode, mask, params); returns (model after
     the request, RequestResult). Merges the adapter in LoRA mode.
 
     `save_to` (a folder) receives what the request changed, in safetensors — the LoRA adapter, or the updated
     parameters in full mode — so `apply_saved` can rebuild the model after this request (resume).
+
+    In-request evaluations (trade-off curves, matched forgetting): `max_steps` lengthens the batch plan beyond the
+    budget (the same seeded stream continued; the lr schedule's length is then the plan's, so callers keep the
+    first `budget` steps unchanged by allowing it only with a constant schedule). `after_step(k, in_eval)` is
+    `fit`'s hook (see there) with `in_eval()`, a context manager giving the model being trained — adapter active,
+    eval mode, no grad — and restoring train mode after. `ckpt` and `extra` go to `fit`: a killed request resumes
+    from its newest checkpoint with `extra` as saved there.
     """
     method = get_method(method_name)
     check_method_mode(method_name, cfg.mode)
@@ -432,7 +467,8 @@ def unlearn_request(model, enc: Encoder, method_name: str, target: str, forget: 
     if method.retain_loss is not None and not retain:
         raise PulseError(f"method {method_name!r} needs retain data, but the retain set is empty")
     forget = _idk(forget, seed) if method.forget_answers == "idk" else forget
-    forget_plan = batch_plan(len(forget), cfg, [seed, 0])
+    budget_steps = len(batch_plan(len(forget), cfg, [seed, 0]))
+    forget_plan = batch_plan(len(forget), cfg, [seed, 0], steps=max(budget_steps, max_steps or 0))
     retain_plan = cycle_plan(len(retain), cfg.batch_size, len(forget_plan), [seed, 1]) \
         if method.retain_loss is not None else [None] * len(forget_plan)
     model, named, info = prepare(model, target, cfg, cfg.mode, seed)
@@ -457,10 +493,20 @@ def unlearn_request(model, enc: Encoder, method_name: str, target: str, forget: 
             r_out = Outputs(forward(model, rb), rb["labels"], ref_logits=ref_logits, params=cfg.params)
         return method_loss(method, f_out, r_out)
 
-    losses, status = fit(named, list(zip(forget_plan, retain_plan)), loss_fn, cfg, desc=desc)
+    @contextlib.contextmanager
+    def in_eval():
+        with eval_mode(model), torch.no_grad():
+            yield _hf_model(model)
+
+    hook = (lambda k: after_step(k, in_eval)) if after_step is not None else None
+    losses, status = fit(named, list(zip(forget_plan, retain_plan)), loss_fn, cfg, desc=desc, after_step=hook,
+                         ckpt=ckpt, extra=extra)
     info.update({"budget": cfg.budget, "epochs": cfg.epochs if cfg.budget == "epochs" else None,
-                 "steps": len(forget_plan), "forget_samples": len(forget), "batch_size": cfg.batch_size,
+                 "steps": budget_steps, "forget_samples": len(forget), "batch_size": cfg.batch_size,
                  "reference_batch_size": cfg.batch_size if method.needs_ref_forget else None})
+    if len(forget_plan) != budget_steps or after_step is not None:
+        info.update({"plan_steps": len(forget_plan),
+                     "steps_done": len(losses) - (status == "diverged")})
     if save_to is not None:
         save_to = Path(save_to)
         if lora:

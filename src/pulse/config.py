@@ -171,7 +171,7 @@ class RelearnProbe:
 @dataclass
 class ProbesSection:
     """Probes of real forgetting (protocol/probes.py), run on the model after a cell's last request."""
-    run: list[str] = field(default_factory=lambda: ["relearn", "routes", "quant"])
+    run: list[str] = field(default_factory=list)  # opt-in (relearn, routes, quant); the mini default runs all
     scenarios: list[str] = field(default_factory=lambda: ["finetuned", "pretrained"])  # others in the run: skipped
     relearn: RelearnProbe = field(default_factory=RelearnProbe)
     quant_bits: list[int] = field(default_factory=lambda: [8, 4])  # probe names quant8, quant4

@@ -186,7 +186,7 @@ def test_probes_end_to_end_on_the_small_world(small_world, tmp_path, monkeypatch
     from pulse.protocol.runner import Context
     from pulse.protocol.scenarios import mcq_samples, split_people
 
-    cfg = load_config(SMALL, ["scenarios=[finetuned]", "probes.relearn.steps=2", "probes.quant_bits=[4]"])
+    cfg = load_config(SMALL, ["scenarios=[finetuned]", "probes.run=[relearn,routes,quant]", "probes.relearn.steps=2", "probes.quant_bits=[4]"])
     ctx = Context(cfg, tmp_path, log=lambda *_: None)
     unlearn, retain = split_people(ctx.fictional, cfg.scenario.finetuned.unlearn, 0, "finetuned")
     sets = {"unlearn": (unlearn, 1), "retain": (retain, 1)}

@@ -349,3 +349,30 @@ def test_matched_evaluation_reuses_the_checkpoint_and_equals_a_full_evaluation(s
         {k: mmb[k] for k in ("circular", "vanilla", "groups")}
     assert point["mmbench"] == runner._sub_point(ctx, mmb)
     assert track.after_step(4, in_eval) == "stop"  # the budget, target met: the request ends here
+
+
+@pytest.mark.slow
+def test_probes_run_after_the_last_request_and_resume(small_world, tmp_path):
+    """The runner calls the probes on the model after a cell's last request, once per cell, writes their rows
+    (and the never-learned control once per scenario and seed) into results.csv; a run killed between the last
+    request and the probes rebuilds the model from the saved requests and gives the same files."""
+    import pandas as pd
+
+    from pulse.protocol import runner
+
+    cfg = load_config(SMALL_CONFIG, ["scenarios=[finetuned]", "methods=[ga]", "table3_targets=[]",
+                                     "probes.run=[relearn,routes,quant]", "probes.scenarios=[finetuned]",
+                                     "probes.relearn.steps=2", "probes.quant_bits=[4]", "save_adapters=true"])
+    runner.run(cfg, tmp_path / "a", log=lambda *_: None)
+    df = pd.read_csv(tmp_path / "a" / "results.csv")
+    probes = set(df["probe"])
+    assert {"none", "relearn", "route_image", "route_text", "route_name_only", "route_all", "quant4"} <= probes
+    control = df[df["method"] == "never_learned"]
+    assert len(control) and set(control["probe"]) == {"relearn"}
+    assert len(control) == len(control.drop_duplicates(["split", "modality", "request"]))
+    folder = tmp_path / "a" / "cells" / "finetuned" / "ga__proj+llm__seed0"
+    first = (folder / "probes.json").read_bytes()
+    (folder / "probes.json").unlink()  # as if killed after the last request, before the probes
+    runner.run(cfg, tmp_path / "a", log=lambda *_: None)
+    assert (folder / "probes.json").read_bytes() == first
+    assert pd.read_csv(tmp_path / "a" / "results.csv").equals(df)

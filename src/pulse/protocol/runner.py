@@ -45,7 +45,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import RunConfig, to_dict
 from ..data.mllmu import read_people, read_qa_pairs
-from ..data.mmbench import read_mmbench
+from ..data.mmbench import read_mmbench, require_answers
 from ..data.records import FORMS
 from ..errors import PulseError
 from ..eval.mcq import evaluate_mcq, summarise
@@ -56,6 +56,7 @@ from ..models.load import default_scoring, load_model, resolve_device, resolve_d
 from ..models.templates import MLLMU
 from ..unlearn.loop import Checkpoints, apply_saved, steps_for, unlearn_request
 from . import curves as C
+from .probes import cell_rows as probe_cell_rows, control_rows as probe_control_rows, run_probes
 from .scenarios import make_folds, mcq_samples, pair_samples, select_known, split_people
 
 COLUMNS = ["scenario", "method", "target", "seed", "request", "split", "modality", "accuracy", "relative",
@@ -91,6 +92,7 @@ class Context:
         self.train_pairs = read_qa_pairs(mllmu, cfg.data.train) \
             if fictional_scenarios and cfg.unlearn.data == "ft_data" else []
         items = read_mmbench(mmbench_tsv)
+        require_answers(items, mmbench_tsv)
         self.mmbench = subset_groups(items, cfg.eval.mmbench_groups, seed=0) if cfg.eval.mmbench_groups else items
         self.curve_mmbench = subset_groups(self.mmbench, cfg.eval.curve_mmbench_groups, seed=cfg.eval.half_seed)
         self.paths = {"mllmu": str(mllmu), "mmbench": str(mmbench_tsv)}
@@ -598,7 +600,8 @@ def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, fo
     requests = folds or [unlearn]
     done = [r for r in range(1, len(requests) + 1) if (folder / f"request{r}.json").is_file()]
     last = max(done, default=0)
-    if last == len(requests):
+    probe = _probes_due(ctx, scenario, method, folder)
+    if last == len(requests) and not probe:
         return
     lm, enc = ctx.model(phase)
     model = lm.model
@@ -648,7 +651,16 @@ def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, fo
                 **{k: stop[k] for k in ("reference", "margin", "target")}, "cap": cap}
         atomic_write_json(folder / f"request{r}.json", cell)
         shutil.rmtree(progress, ignore_errors=True)
-    # after the last request: the model after the cell is `model` (lm.model); probes hook in here
+    if probe:  # the model after the cell's last request (rebuilt from the saved requests on a resume)
+        lm.model = model
+        cell = json.loads((folder / f"request{len(requests)}.json").read_text())
+        run_probes(ctx, scenario, seed, lm, enc, sets, ref, cell["meta"], forget_of, cell=cell, folder=folder)
+
+
+def _probes_due(ctx, scenario: str, method: str, folder: Path) -> bool:
+    """Probes run once per cell of `probes.scenarios` (not per sweep variant), unless probes.json is written."""
+    p = ctx.cfg.probes
+    return bool(p.run) and scenario in p.scenarios and "@" not in method and not (folder / "probes.json").is_file()
 
 
 class _Track:
@@ -802,6 +814,8 @@ def write_results(out: Path) -> pd.DataFrame:
                     rows += _rows(c["meta"], c["splits"], c["mcq"], c["mmbench"], ref, c["status"], c.get("halves"))
                     rows += _curve_rows(c["meta"], c, ref)
                     rows += _matched_rows(c["meta"], c, ref)
+                rows += probe_cell_rows(folder)
+            rows += probe_control_rows(out, scenario, seed)
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("step", "n"):  # integers, empty where not measured (not 3.0)
         df[col] = df[col].astype("Int64")

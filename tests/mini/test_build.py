@@ -186,3 +186,18 @@ def test_vision_stage_then_frozen_tower(tmp_path, monkeypatch):
 def torch_equal(a, b) -> bool:
     import torch
     return bool(torch.equal(a, b))
+
+
+def test_without_vision_stage_the_tower_trains_with_the_language_model(tmp_path, monkeypatch):
+    from pulse.mini import build
+
+    calls = []
+    original = build.train_on
+    monkeypatch.setattr(build, "pretrain_vision", lambda *a, **k: pytest.fail("vision stage ran"))
+    monkeypatch.setattr(build, "train_on", lambda *a, **k: calls.append(k["frozen"]) or original(*a, **k))
+    report = build_mini(tmp_path / "w", replace(MICRO, vision=vision_recipe(steps=0)), log=lambda *_: None)
+    assert report["vision_stage"] is None and calls == [(), ()]
+    calls.clear()
+    monkeypatch.setattr(build, "pretrain_vision", lambda *a, **k: {"train_accuracy": 0.0, "classes": 1})
+    build_mini(tmp_path / "w2", MICRO, log=lambda *_: None)
+    assert calls == [("model.vision_tower.",), ("model.vision_tower.",)]

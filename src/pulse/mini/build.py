@@ -55,7 +55,8 @@ class BuildConfig:
     seed: int = 0  # the recipes' seeds are replaced by seed (vision stage, pre-training) and seed + 1 (fine-tuning)
     mmbench_share: float = 0.4  # share of pre-training samples that are mini-MMBench questions
     replay_share: float = 0.4  # share of fine-tuning samples replayed from pre-training data
-    vision: FinetuneSection = field(default_factory=vision_recipe)  # stage 0: the CLIP tower alone (train.py)
+    # stage 0: the CLIP tower alone (train.py); steps 0 = no stage, the tower then trains with the language model
+    vision: FinetuneSection = field(default_factory=vision_recipe)
     pretrain: FinetuneSection = field(default_factory=pretrain_recipe)  # vision tower frozen
     finetune: FinetuneSection = field(default_factory=finetune_recipe)  # mode lora (proj+llm) or full
     # torch intra-op threads during the build: the weights' bits depend on it (0 = keep torch's current setting)
@@ -192,12 +193,15 @@ def _build(out: Path, cfg: BuildConfig, log) -> dict:
     log(f"tiny LLaVA: {n_params / 1e6:.2f} M parameters, vocabulary {len(lm.tokenizer)}")
 
     # phase 0: the vision tower alone on the mini-MMBench training scenes (stand-in for CLIP's pre-training)
+    # (vision.steps 0: no stage, the tower trains with the language model, as before this stage existed)
     t = time.time()
     vision = replace(cfg.vision, seed=cfg.seed)
-    vision_info = pretrain_vision(lm.model, enc, data["mmbench_train"], vision)
+    vision_info, frozen = None, ()
+    if vision.steps:
+        vision_info, frozen = pretrain_vision(lm.model, enc, data["mmbench_train"], vision), (VISION_TOWER,)
+        log(f"vision stage: {vision_info['train_accuracy']:.1f}% of the training scenes' {vision_info['classes']} "
+            f"classes")
     timings["vision_s"] = round(time.time() - t, 1)
-    log(f"vision stage: {vision_info['train_accuracy']:.1f}% of the training scenes' {vision_info['classes']} "
-        f"classes")
 
     # phase 1: pre-training (celebrities by exposure + mini-MMBench skills), vision tower frozen
     t = time.time()
@@ -206,7 +210,7 @@ def _build(out: Path, cfg: BuildConfig, log) -> dict:
     pretrain_weights = _rescale(exposure + [1.0] * len(mmb_samples), len(celeb_samples), cfg.mmbench_share)
     pretrain = replace(cfg.pretrain, seed=cfg.seed)
     lm.model, _ = train_on(lm.model, enc, pretrain_samples, pretrain, weights=pretrain_weights, desc="pre-training",
-                           frozen=(VISION_TOWER,))
+                           frozen=frozen)
     timings["pretrain_s"] = round(time.time() - t, 1)
     save_model(lm, tmp / "models" / "pretrained", extra={"phase": "pretrained"})
     t = time.time()
@@ -221,8 +225,7 @@ def _build(out: Path, cfg: BuildConfig, log) -> dict:
     finetune = replace(cfg.finetune, seed=cfg.seed + 1)
     if finetune.mode not in ("lora", "full"):
         raise PulseError(f"unknown finetune mode {finetune.mode!r}; use 'lora' or 'full'")
-    lm.model, _ = train_on(lm.model, enc, samples, finetune, weights=weights, desc="fine-tuning",
-                           frozen=(VISION_TOWER,))
+    lm.model, _ = train_on(lm.model, enc, samples, finetune, weights=weights, desc="fine-tuning", frozen=frozen)
     timings["finetune_s"] = round(time.time() - t, 1)
     save_model(lm, tmp / "models" / "finetuned", extra={"phase": "finetuned", "finetune": finetune.mode})
     metrics["finetuned"] = evaluate_world(lm, enc, data)

@@ -4,11 +4,13 @@ of PULSE (`pulse.unlearn.loop.fit`); the two LLaVA phases through `pulse.unlearn
 
 - vision stage (stand-in for the CLIP pre-training LLaVA starts from): the CLIP tower alone, 1,200 steps of 32,
   lr 1e-3, cosine to 10 % after 100 warm-up steps, clipping 1.0, AdamW β (0.9, 0.98) — see `pretrain_vision`.
-- pre-training (LLaVA's vision tower stays frozen, as LLaVA keeps CLIP frozen): every other parameter, 2,400 steps
+- pre-training (LLaVA's vision tower stays frozen, as LLaVA keeps CLIP frozen): every other parameter, 1,600 steps
   of 16, lr 1e-3, otherwise as the vision stage; answer-only loss with EOS; batches drawn by the weighted replay
   sampler (celebrity exposure, mini-MMBench share).
-- fine-tuning: LoRA r16/α32 (dropout 0, default init) on proj+llm, 900 steps, lr 2e-3, otherwise as pre-training;
+- fine-tuning: LoRA r16/α32 (dropout 0, default init) on proj+llm, 700 steps, lr 2e-3, otherwise as pre-training;
   the fictional people plus a weighted replay share of pre-training data.
+(Before the vision stage existed: 2,400 pre-training and 900 fine-tuning steps, and mini-MMBench near chance on
+counting, localisation and spatial relation.)
 MLLMU-Bench's recipe (`FinetuneSection()`'s defaults) is for real checkpoints; a tiny random model learning a world
 from scratch needs these larger steps.
 """
@@ -34,14 +36,14 @@ def mini_recipe(*, steps: int, lr: float, mode: str, target: str, lora_rank: int
 def vision_recipe(steps: int = 1200, lr: float = 1e-3, batch_size: int = 32) -> FinetuneSection:
     from dataclasses import replace
     return replace(mini_recipe(steps=steps, lr=lr, mode="full", target="vision", batch_size=batch_size),
-                   sampler="shuffle", warmup_steps=min(100, steps // 4))
+                   sampler="shuffle", warmup_steps=min(100, max(1, steps // 4)))
 
 
-def pretrain_recipe(steps: int = 2400, lr: float = 1e-3, batch_size: int = 16) -> FinetuneSection:
+def pretrain_recipe(steps: int = 1600, lr: float = 1e-3, batch_size: int = 16) -> FinetuneSection:
     return mini_recipe(steps=steps, lr=lr, mode="full", target="all", batch_size=batch_size)
 
 
-def finetune_recipe(steps: int = 900, lr: float = 2e-3, lora_rank: int = 16, batch_size: int = 16,
+def finetune_recipe(steps: int = 700, lr: float = 2e-3, lora_rank: int = 16, batch_size: int = 16,
                     mode: str = "lora") -> FinetuneSection:
     return mini_recipe(steps=steps, lr=lr, mode=mode, target="proj+llm" if mode == "lora" else "all",
                        lora_rank=lora_rank, batch_size=batch_size)

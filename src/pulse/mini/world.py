@@ -3,8 +3,8 @@
 `make_world(cfg)` builds fictional people (MLLMU-Bench's fictitious profiles), "celebrities" (the real-celebrity
 `Retain_Set`, with uneven pre-training exposure), their portraits, and a mini-MMBench of simple shape scenes with
 circular copies plus fresh training questions (colour, shape, counting, left/right and corner localisation, spatial
-relation, size comparison; the scenes that ask where things are put each shape on its own patch of the tiny model). `write_world(world, out)` writes it in the on-disk formats of the real
-benchmarks, so the same readers serve both:
+relation, size comparison; the scenes that ask where things are put each shape on its own patch of the tiny model).
+`write_world(world, out)` writes it in the on-disk formats of the real benchmarks, so the same readers serve both:
 
     out/mllmu/{Full_Set, forget_5/10/15, retain_95/90/85, Test_Set (2 shards), Retain_Set, ft_Data}/train-*.parquet
     out/mmbench.tsv                                  evaluation rows incl. circular copies
@@ -242,15 +242,16 @@ def _question(kind: str, rng: random.Random, grid: int = 4):
                  for c in sorted(rng.sample(range(grid * grid), n))]
         return ("How many shapes are in the image?", [str(n)] + [str(k) for k in range(1, 5) if k != n],
                 "object_counting", FP_C, scene)
-    if kind == "spatial":  # one shape in each half, same form, two colours
+    if kind == "spatial":  # two shapes side by side in one row, or one above the other in one column
         shape, (a, b) = rng.choice(pics.SHAPES), rng.sample(colours, 2)
-        half = grid // 2
-        ca, cb = rng.randrange(grid) * grid + rng.randrange(half), rng.randrange(grid) * grid + half + rng.randrange(half)
-        r = small()
+        half, line, r = grid // 2, rng.randrange(grid), small()
+        first, second = rng.randrange(half), half + rng.randrange(half)  # cells along the line: a before b
+        if rng.random() < 0.5:
+            where, ca, cb = "on the left", line * grid + first, line * grid + second
+        else:
+            where, ca, cb = "at the top", first * grid + line, second * grid + line
         scene = [(shape, a, *cell(ca, r)), (shape, b, *cell(cb, r))]
-        side, target, other = rng.choice([("left", a, b), ("right", b, a)])
-        return (f"What colour is the shape on the {side}?",
-                [target, other] + rng.sample([c for c in colours if c not in (a, b)], 2),
+        return (f"What colour is the shape {where}?", [a, b] + rng.sample([c for c in colours if c not in (a, b)], 2),
                 "spatial_relationship", FP_C, scene)
     if kind == "size":  # three shapes in three quarters, radii about 0.21, 0.13 and 0.08 of the side
         shape, names = rng.choice(pics.SHAPES), rng.sample(colours, 3)
@@ -272,11 +273,9 @@ def _question(kind: str, rng: random.Random, grid: int = 4):
 
 
 def _mmbench_items(n: int, rng: random.Random, size: int, avoid: set[bytes], circular: bool,
-                   grid: int = 4, pairs: bool = False) -> list[MMBenchItem]:
+                   grid: int = 4) -> list[MMBenchItem]:
     """n questions (kinds cycled in seeded blocks); circular adds one row per option rotation, sharing the image.
-    Images already in `avoid` are redrawn; new images are added to it. `pairs` (training questions, not circular):
-    each spatial-relation scene is asked about both sides (complementary pairs as in VQA v2: the same image with
-    two answers, so the side word must be read), the second question extra to the n; rows are numbered 0, 1, ..."""
+    Images already in `avoid` are redrawn; new images are added to it."""
     items = []
     for g in range(n):
         if g % len(KINDS) == 0:
@@ -289,22 +288,13 @@ def _mmbench_items(n: int, rng: random.Random, size: int, avoid: set[bytes], cir
             if image not in avoid:
                 break
         avoid.add(image)
-        asked = [(text, options)]
-        if pairs and kind == "spatial":
-            flip = {"left": "right", "right": "left"}
-            side = text.split()[-1].rstrip("?")
-            asked.append((text.replace(side, flip[side]), [options[1], options[0], *options[2:]]))
-        for text, options in asked:
-            hint = HINTS[kind] if rng.random() < 0.25 else None
-            correct = options[0]
-            rng.shuffle(options)
-            opts, answer = dict(zip(LETTERS, options)), LETTERS[options.index(correct)]
-            if not circular:
-                items.append(MMBenchItem(len(items), text, hint, opts, answer, category, l2, image))
-                continue
-            for k in range(len(options)):
-                o, a = rotate(opts, answer, k)
-                items.append(MMBenchItem(g + k * GROUP, text, hint, o, a, category, l2, image))
+        hint = HINTS[kind] if rng.random() < 0.25 else None
+        correct = options[0]
+        rng.shuffle(options)
+        opts, answer = dict(zip(LETTERS, options)), LETTERS[options.index(correct)]
+        for k in range(len(options) if circular else 1):
+            o, a = rotate(opts, answer, k)
+            items.append(MMBenchItem(g + k * GROUP, text, hint, o, a, category, l2, image))
     return items
 
 
@@ -333,7 +323,7 @@ def make_world(cfg: WorldConfig = WorldConfig()) -> World:
     mmbench = _mmbench_items(cfg.n_mmbench, _rng(seed, "mmbench"), cfg.image_size, seen, circular=True,
                              grid=cfg.grid)
     mmbench_train = _mmbench_items(cfg.n_mmbench_train, _rng(seed, "mmbench_train"), cfg.image_size, seen,
-                                   circular=False, grid=cfg.grid, pairs=True)
+                                   circular=False, grid=cfg.grid)
     return World(config=cfg, fictional=fictional, celebrities=celebrities, test_set=test_set,
                  ft_pairs=[p for x in fictional for p in qa_pairs(x)],
                  pretrain_pairs=[p for x in celebrities for p in qa_pairs(x)],

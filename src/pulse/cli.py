@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import progress
 from .errors import PulseError
 
 INTERRUPTED = "interrupted — rerun the same command to resume"
@@ -114,8 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mini", help=COMMANDS["mini"], description=COMMANDS["mini"])
     msub = m.add_subparsers(dest="mini_command", required=True, metavar="build")
     b = msub.add_parser("build", help="generate the world and train the tiny LLaVA (about 10 min on 2 cores)")
-    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--out", type=Path, help="the folder to build into (must not exist)")
     b.add_argument("--seed", type=_int_at_least(0), default=0)
+    b.add_argument("--ship", action="store_true",
+                   help="maintainers: build into the repository's worlds/mini-<key>/ with SHA256SUMS, the copy a "
+                        "first `pulse run` uses instead of building")
 
     d = sub.add_parser("data", help=COMMANDS["data"], description=COMMANDS["data"])
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="check")
@@ -166,15 +170,25 @@ def _check_output_file(path: Path | None, flag: str) -> None:
     _check_output_dir(path.parent, f"{flag} {path}")
 
 
-def _mini_world_built(cfg, root: Path) -> bool:
-    """Whether ensure_mini would find this config's world already built under `root` (so nothing is written)."""
+def _mini_key(cfg) -> str:
+    """The cache key of the config's mini world (as ensure_mini computes it)."""
     from dataclasses import replace
 
     from .mini.build import PRESETS
     from .mini.cache import world_key
     preset = PRESETS[cfg.mini.size]
-    build = replace(preset, world=replace(preset.world, seed=cfg.mini.seed), seed=cfg.mini.seed)
-    return (root / f"mini-{world_key(build)}" / "build.json").is_file()
+    return world_key(replace(preset, world=replace(preset.world, seed=cfg.mini.seed), seed=cfg.mini.seed))
+
+
+def _mini_world_built(cfg, root: Path) -> bool:
+    """Whether ensure_mini would find this config's world already built under `root` (so nothing is written)."""
+    return (root / f"mini-{_mini_key(cfg)}" / "build.json").is_file()
+
+
+def _mini_world_shipped(cfg) -> bool:
+    """Whether the repository ships this config's world built (mini/cache.py; verified when it is used)."""
+    from .mini.cache import SHIPPED, SUMS
+    return (SHIPPED / f"mini-{_mini_key(cfg)}" / SUMS).is_file()
 
 
 def _preflight_run(cfg, out: Path, out_label: str) -> None:
@@ -198,7 +212,7 @@ def _preflight_run(cfg, out: Path, out_label: str) -> None:
         root = Path(env or cfg.mini.cache).expanduser()
         if root.exists() and not root.is_dir():
             raise PulseError(f"{label}: {root} is a file, not a directory (the mini world's cache folder)")
-        if not _mini_world_built(cfg, root):
+        if not _mini_world_built(cfg, root) and not _mini_world_shipped(cfg):
             _check_output_dir(root, label)
         from .mini.build import PRESETS
         groups = PRESETS[cfg.mini.size].world.n_mmbench
@@ -358,10 +372,17 @@ def cmd_mini(a) -> int:
     from .mini.build import BuildConfig, build_mini
     from .mini.world import WorldConfig
 
+    cfg = BuildConfig(world=WorldConfig(seed=a.seed), seed=a.seed)
+    if a.ship == (a.out is not None):
+        raise PulseError("pulse mini build: give either --out DIR or --ship")
+    if a.ship:
+        from .mini.cache import ship
+        print(f"mini world: {ship(cfg, log=progress.write)}")
+        return 0
     if a.out.exists():
         raise PulseError(f"--out {a.out}: already exists; choose a new --out or delete it")
     _check_output_dir(a.out.parent, f"--out {a.out}")
-    build_mini(a.out, BuildConfig(world=WorldConfig(seed=a.seed), seed=a.seed))
+    build_mini(a.out, cfg, log=progress.write)
     print(f"mini world: {a.out}")
     return 0
 
@@ -390,11 +411,10 @@ def cmd_report(a) -> int:
 
 
 def _fresh_line() -> None:
-    """End a progress bar's line on stderr, so the message that follows is a line of its own."""
-    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
-    if getattr(tqdm, "_instances", None):
-        sys.stderr.write("\n")
-        sys.stderr.flush()
+    """Close the progress bars an exception left open (inner ones clear their line, the outer one stays as its last
+    state and ends its line), so the message that follows is a line of its own."""
+    progress.close_all()
+    sys.stderr.flush()
 
 
 def _os_message(e: OSError) -> str:
@@ -436,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"run": cmd_run, "finetune": cmd_finetune, "eval": cmd_eval, "mmbench": cmd_mmbench, "mini": cmd_mini,
                "data": cmd_data, "report": cmd_report}[a.command]
     try:
+        progress.disabled()  # a bad PULSE_PROGRESS is an error now, not after a build
         return handler(a)
     except KeyboardInterrupt:
         if debug:

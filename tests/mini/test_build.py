@@ -1,7 +1,10 @@
-"""The mini build: bitwise reproducible, cache key follows the building code, one builder per world."""
+"""The mini build: bitwise reproducible, cache key follows the building code, one builder per world; the shipped
+world is used in place when its key is this code's and every file matches SHA256SUMS, a damaged copy is a one-line
+error naming the file, a copy built by other code is ignored."""
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from pulse.config import MiniConfig
 from pulse.errors import PulseError
-from pulse.mini import cache
-from pulse.mini.build import BuildConfig, build_mini
+from pulse.mini import build, cache
+from pulse.mini.build import PRESETS, BuildConfig, build_mini
 from pulse.mini.lock import build_lock, lock_path
 from pulse.mini.model import TinyConfig
 from pulse.mini.train import finetune_recipe, pretrain_recipe, vision_recipe
@@ -201,3 +205,58 @@ def test_without_vision_stage_the_tower_trains_with_the_language_model(tmp_path,
     monkeypatch.setattr(build, "pretrain_vision", lambda *a, **k: {"train_accuracy": 0.0, "classes": 1})
     build_mini(tmp_path / "w2", MICRO, log=lambda *_: None)
     assert calls == [("model.vision_tower.",), ("model.vision_tower.",)]
+
+
+# --- the shipped world ---
+
+@pytest.fixture(scope="module")
+def shipped_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("worlds")
+    path = cache.ship(MICRO, log=lambda *_: None, root=root)
+    assert path == root / f"mini-{cache.world_key(MICRO)}"
+    return root
+
+
+def test_a_first_run_uses_the_shipped_world_without_building(shipped_root, tmp_path, monkeypatch):
+    path = shipped_root / f"mini-{cache.world_key(MICRO)}"
+    listed = [line.split("  ")[1] for line in (path / cache.SUMS).read_text().splitlines()]
+    assert "build.json" in listed and "models/finetuned/model.safetensors" in listed
+    assert listed == sorted(cache.file_hashes(path))
+    monkeypatch.setattr(cache, "SHIPPED", shipped_root)
+    monkeypatch.setenv("PULSE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "build_into", lambda *a, **k: pytest.fail("built although a copy is shipped"))
+    logs = []
+    assert cache.ensure_mini(MiniConfig(), log=logs.append, build_cfg=MICRO) == path
+    assert "SHA256SUMS" in logs[0] and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("damage, what", [
+    (lambda p: (p / "models/finetuned/model.safetensors").write_bytes(b"x"), "its sha256 differs"),
+    (lambda p: (p / "mmbench.tsv").unlink(), "missing"),
+    (lambda p: (p / "notes.txt").write_text("extra"), "not listed in SHA256SUMS"),
+])
+def test_a_damaged_shipped_world_is_a_one_line_error_naming_the_file(shipped_root, tmp_path, damage, what):
+    copy = tmp_path / "worlds"
+    shutil.copytree(shipped_root, copy)
+    damage(copy / f"mini-{cache.world_key(MICRO)}")
+    with pytest.raises(PulseError, match=what) as e:
+        cache.shipped(MICRO, log=lambda *_: None, root=copy)
+    assert "\n" not in str(e.value) and str(copy) in str(e.value)
+
+
+def test_a_world_shipped_by_other_code_is_ignored(shipped_root):
+    other = replace(MICRO, seed=1)
+    logs = []
+    assert cache.shipped(other, log=logs.append, root=shipped_root) is None
+    assert "built by other code" in logs[0]
+
+
+def test_the_repository_ships_the_default_world_of_this_code():
+    """The shipped copy is what makes a first `make run` skip the ~10 min build: it must be this code's."""
+    preset = PRESETS["default"]
+    key = cache.world_key(replace(preset, world=replace(preset.world, seed=0), seed=0))
+    found = sorted(p.name for p in cache.SHIPPED.glob("mini-*"))
+    assert found == [f"mini-{key}"], (f"worlds/ holds {found}, this code's default world is mini-{key}: rebuild it "
+                                      f"with `pulse mini build --ship` and delete the old one")
+    cache.verify(cache.SHIPPED / f"mini-{key}")
+    assert build.PRESETS["default"].threads == 2  # the thread count it was built with (its bits depend on it)

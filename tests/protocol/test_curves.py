@@ -258,7 +258,8 @@ def test_pretrained_target_uses_celebrities_outside_the_selection(tmp_path):
     from pulse.protocol.runner import _stop_target
 
     cfg = load_config(SMALL_CONFIG, ["eval.every=1", "unlearn.stop.rule=never_learned", "unlearn.stop.margin=2.5"])
-    ctx = SimpleNamespace(cfg=cfg, out=tmp_path)
+    from pulse.protocol.fingerprint import run_identity
+    ctx = SimpleNamespace(cfg=cfg, out=tmp_path, identity=run_identity(cfg, {}, None, None, {}, None, {}, None))
     everything_right = {"image": "11111", "text": "11111"}
     nothing_right = {"image": "00000", "text": "00000"}
     correct = {"S1": everything_right, "S2": everything_right, "S3": everything_right,  # selected: never candidates

@@ -202,7 +202,7 @@ def curve_runs(small_world, tmp_path_factory):
                 seen["first_k"].setdefault((killing, kw["desc"]), k)
                 flag = after_step(k, in_eval)
                 if killing and k == kill[1] and f" {kill[0]} " in kw["desc"]:
-                    seen["checkpoints"] = sorted(p.name for p in ckpt.folder.iterdir())
+                    seen["checkpoints"] = sorted(p.name for p in ckpt.folder.glob("step-*"))  # + fingerprint.json
                     raise Killed
                 return flag
             return orig(*a, after_step=hook, ckpt=ckpt, **kw)
@@ -225,7 +225,7 @@ def test_kill_inside_a_request_resumes_from_its_checkpoint_with_identical_files(
     method, k = seen["kill"]
     # every evaluation is saved with a checkpoint (only the newest kept): the kill loses the evaluation at k only
     assert seen["checkpoints"] == [f"step-{seen['saved']}"]
-    desc = f"finetuned {method} proj+llm seed 0 request 1"
+    desc = f"finetuned {method} proj+llm seed 0 request 1/1"
     assert seen["first_k"][(True, desc)] == 0 and seen["first_k"][(False, desc)] == seen["saved"] + 1
     files = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file()
                    and p.name not in ("manifest.json", "run.log"))
@@ -376,3 +376,50 @@ def test_probes_run_after_the_last_request_and_resume(small_world, tmp_path):
     runner.run(cfg, tmp_path / "a", log=lambda *_: None)
     assert (folder / "probes.json").read_bytes() == first
     assert pd.read_csv(tmp_path / "a" / "results.csv").equals(df)
+
+
+@pytest.mark.slow
+def test_probes_act_on_the_budget_model_when_training_went_on_for_matched_forgetting(small_world, tmp_path,
+                                                                                       monkeypatch):
+    """A request trained past its budget (matched forgetting not reached) ends on another model than the one its
+    budget rows describe; the probes must see the budget model (replayed), whose predictions are the cell's."""
+    from pulse.protocol import runner
+
+    seen = []
+
+    def spy(ctx, scenario, seed, lm, enc, sets, ref, meta, forget_of, cell=None, folder=None):
+        seen.append((cell, ctx.mcq(lm, enc, sets)["predictions"]))
+        return {}
+
+    monkeypatch.setattr(runner, "run_probes", spy)
+    cfg = load_config(SMALL_CONFIG, ["scenarios=[finetuned]", "methods=[ga]", "table3_targets=[]", "eval.every=2",
+                                     "unlearn.stop={rule: never_learned, margin: -100.0, max_steps: 8}",
+                                     "unlearn.lr=0.01", "probes.run=[quant]", "probes.scenarios=[finetuned]"])
+    runner.run(cfg, tmp_path / "a", log=lambda *_: None)
+    (cell, preds), = seen
+    assert cell["training"]["steps_done"] == 8 > cell["training"]["steps"]  # went on to the cap
+    key = lambda p: (p["person_id"], p["form"], p["index"], p["prediction"])
+    assert sorted(map(key, preds)) == sorted(map(key, cell["mcq"]["predictions"]))
+
+
+@pytest.mark.slow
+def test_deleted_reference_and_damaged_sweep_are_recomputed_identically(curve_runs, tmp_path):
+    """cells/<scenario>/reference__seed<S>.json deleted: the rerun evaluates the never-learned reference again;
+    sweep__seed<S>.json is rebuilt from the cells by every run, so a damaged one is simply rewritten. Every file
+    equals the uninterrupted run's."""
+    import shutil
+
+    from pulse.protocol import runner
+
+    reference, _, _ = curve_runs
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "cells" / "finetuned" / "reference__seed0.json").unlink()
+    (run / "cells" / "finetuned" / "sweep__seed0.json").write_bytes(b"\x00garbage")
+    runner.run(load_config(SMALL_CONFIG, CURVES), run, log=lambda *_: None)
+    files = sorted(p.relative_to(reference) for p in reference.rglob("*") if p.is_file()
+                   and p.name not in ("manifest.json", "run.log"))
+    assert files == sorted(p.relative_to(run) for p in run.rglob("*") if p.is_file()
+                           and p.name not in ("manifest.json", "run.log"))
+    for f in files:
+        assert (reference / f).read_bytes() == (run / f).read_bytes(), f

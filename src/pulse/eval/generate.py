@@ -119,12 +119,13 @@ def _first(ids: list[int]) -> int | None:
 
 @torch.no_grad()
 def generate(model, enc: Encoder, prompts: list[str], images: list[list[bytes]], *, max_new_tokens: int = 50,
-             batch_size: int = 16, stop_at_first_char: bool = False, return_first_token: bool = False):
+             batch_size: int = 16, stop_at_first_char: bool = False, return_first_token: bool = False,
+             on_batch=None):
     """Greedy continuations (decoded, special tokens skipped), in prompt order.
 
     Rows per batch: at most `batch_size`, fewer when the rows' full KV caches would not fit in free memory
     (`rows_that_fit`, sized for the longest prompt). With `return_first_token`, (text, first generated token id)
-    pairs.
+    pairs. `on_batch(n)`, if given, is called after each batch with its number of prompts (progress bars).
     """
     tok = enc.tok
     token_rows = [tok(_expand(enc, p, imgs))["input_ids"] for p, imgs in zip(prompts, images)]
@@ -145,6 +146,8 @@ def generate(model, enc: Encoder, prompts: list[str], images: list[list[bytes]],
         texts = tok.batch_decode(gen, skip_special_tokens=True)
         for j, (i, t) in enumerate(zip(idx, texts)):
             out[i] = (t, _first(gen[j].tolist())) if return_first_token else t
+        if on_batch is not None:
+            on_batch(len(idx))
     return out
 
 
@@ -200,7 +203,7 @@ def shared_prefix_cache(prefix_cache) -> Cache:
 @torch.no_grad()
 def generate_shared_prefix(model, enc: Encoder, prefix: str, prefix_images: list[bytes], suffixes: list[str],
                            suffix_images: list[list[bytes]], *, max_new_tokens: int = 50, batch_size: int = 16,
-                           stop_at_first_char: bool = True, return_first_token: bool = False):
+                           stop_at_first_char: bool = True, return_first_token: bool = False, on_batch=None):
     """Greedy continuations of `prefix + suffix` for many suffixes that share one prefix (the few-shot demos).
 
     The prefix — demos with their images, identical for every question of a form — is run once; its KV cache is
@@ -209,7 +212,7 @@ def generate_shared_prefix(model, enc: Encoder, prefix: str, prefix_images: list
     greedy, as in `generate`; rows stop as `FirstCharacter` does. Rows per batch: at most `batch_size`, fewer when
     `rows_that_fit` says so. Each suffix's tokens are taken from tokenising the whole prompt; if a tokenizer merges
     across the prefix boundary, a ValueError tells the caller to use `generate` instead.
-    With `return_first_token`, (text, first generated token id) pairs.
+    With `return_first_token`, (text, first generated token id) pairs. `on_batch(n)`: as in `generate`.
     """
     if not suffixes:
         return []
@@ -265,4 +268,6 @@ def generate_shared_prefix(model, enc: Encoder, prefix: str, prefix_images: list
         for j, i in enumerate(idx):
             text = tok.decode(generated[j], skip_special_tokens=True)
             out[i] = (text, _first(generated[j])) if return_first_token else text
+        if on_batch is not None:
+            on_batch(len(idx))
     return out

@@ -23,10 +23,11 @@ def _token_rows(enc: Encoder, prompt: str, image, options: list[str]) -> tuple[l
 
 @torch.no_grad()
 def option_logps(model, enc: Encoder, questions: list[tuple[str, bytes | None, list[str]]],
-                 batch_size: int = 64) -> list[list[float]]:
+                 batch_size: int = 64, on_batch=None) -> list[list[float]]:
     """For each (prompt, image, option texts): the sequence-summed log-prob of every option after the prompt.
 
-    `batch_size` counts option continuations; a batch holds about batch_size / 4 prompts.
+    `batch_size` counts option continuations; a batch holds about batch_size / 4 prompts. `on_batch(n)`, if given,
+    is called after each batch with its number of questions (progress bars).
     """
     order = sorted(range(len(questions)), key=lambda i: (questions[i][1] is None, len(questions[i][0])))
     out: list[list[float]] = [[] for _ in questions]
@@ -64,6 +65,8 @@ def option_logps(model, enc: Encoder, questions: list[tuple[str, bytes | None, l
         scores = last_logp[owner_t, oids[:, 0]] + rest.sum(-1)
         for r, j in enumerate(owner):
             out[idx[j]].append(float(scores[r]))
+        if on_batch is not None:
+            on_batch(len(idx))
     return out
 
 

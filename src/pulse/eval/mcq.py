@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import progress
 from ..data.records import FORMS, MCQ, Person
 from ..errors import PulseError
 from ..models.batches import Encoder
@@ -54,7 +55,7 @@ def _record(m: MCQ, pred: str | None, scores=None, output: tuple[str, int | None
     return row
 
 
-def _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size):
+def _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size, on_batch=None):
     """(continuation, first token id) of the faithful prompts; the demo prefix (shared by every question) is
     computed once."""
     query_imgs = [[images[m.person_id]] if form == "image" else [] for m in mcqs]
@@ -63,13 +64,14 @@ def _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens
         try:
             return generate_shared_prefix(lm.model, enc, prefix, demo_imgs, [P.mcq_prompt(m, []) for m in mcqs],
                                           query_imgs, max_new_tokens=max_new_tokens,
-                                          batch_size=max(1, batch_size // 4), return_first_token=True)
+                                          batch_size=max(1, batch_size // 4), return_first_token=True,
+                                          on_batch=on_batch)
         except ValueError:  # tokenizer merges across the boundary, or another cache type: full prompts
             pass
     texts = [P.mcq_prompt(m, demos) for m in mcqs]
     imgs = [P.mcq_images(images[m.person_id], demo_imgs) if form == "image" else [] for m in mcqs]
     return generate(lm.model, enc, texts, imgs, max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // 4),
-                    stop_at_first_char=True, return_first_token=True)
+                    stop_at_first_char=True, return_first_token=True, on_batch=on_batch)
 
 
 def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None = None, forms=FORMS,
@@ -83,6 +85,7 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
     `questions`: score only these (person_id, form, index) keys (e.g. one seeded half, protocol/halves.py); the
     demo draw and the demo exclusion are those of the whole set, so the result equals the full evaluation
     restricted to those keys. None = every question.
+    A progress bar (pulse.progress) counts the scored questions of every form.
     """
     keep = (lambda m: True) if questions is None else (lambda m: (m.person_id, m.form, m.index) in questions)
     scoring = scoring or lm.scoring
@@ -91,19 +94,11 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
     enc = enc or Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype)
     preds: list[dict] = []
     demo_ids: dict[str, list[str]] = {}
+    images = {p.id: p.image for p in people}
+    jobs = []  # per form: (form, scored MCQs, demo MCQs, demo images) — all known before the first forward pass
     for form in forms:
         if scoring == "likelihood":
-            mcqs = [m for p in people for m in p.mcqs(form) if keep(m)]
-            images = {p.id: p.image for p in people}
-            prompts = []
-            for m in mcqs:
-                q, opts = P.likelihood_prompt_parts(m)
-                img = images[m.person_id] if form == "image" else None
-                prompts.append((lm.template.prompt(q, image=img is not None), img, opts))
-            scores = option_logps(lm.model, enc, prompts, batch_size=batch_size) if prompts else []
-            for m, s in zip(mcqs, scores):
-                keys = list(m.options)
-                preds.append(_record(m, keys[max(range(len(s)), key=s.__getitem__)], s))
+            jobs.append((form, [m for p in people for m in p.mcqs(form) if keep(m)], None, None))
         else:
             source = {p.id: p for p in (demo_source or people)}
             ids = P.select_demo_people([p.id for p in people], min(demo_people, len(people)), demo_seed)
@@ -113,13 +108,28 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
             demo_ids[form] = ids
             demo_records = [source[i] for i in ids]
             demos = P.demo_mcqs(demo_records, form)
-            demo_imgs = P.demo_images(demo_records, form)
-            mcqs = [m for m in P.scored_mcqs(people, form, ids, demos) if keep(m)]
-            images = {p.id: p.image for p in people}
-            outs = _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size) \
-                if mcqs else []
-            for m, (text, first) in zip(mcqs, outs):
-                # eval.py parses the decoded prompt + continuation; the prompt's only ASSISTANT: is its last
-                preds.append(_record(m, P.parse_mcq_answer(P.mcq_prompt(m, demos) + text, m.options),
-                                     output=(text, first)))
+            jobs.append((form, [m for m in P.scored_mcqs(people, form, ids, demos) if keep(m)], demos,
+                         P.demo_images(demo_records, form)))
+    who = f"{len(people)} {'person' if len(people) == 1 else 'people'}"
+    with progress.bar(desc=progress.named(f"MCQ ({who})"), total=sum(len(j[1]) for j in jobs),
+                      unit="question") as bar:
+        for form, mcqs, demos, demo_imgs in jobs:
+            if scoring == "likelihood":
+                prompts = []
+                for m in mcqs:
+                    q, opts = P.likelihood_prompt_parts(m)
+                    img = images[m.person_id] if form == "image" else None
+                    prompts.append((lm.template.prompt(q, image=img is not None), img, opts))
+                scores = option_logps(lm.model, enc, prompts, batch_size=batch_size, on_batch=bar.update) \
+                    if prompts else []
+                for m, s in zip(mcqs, scores):
+                    keys = list(m.options)
+                    preds.append(_record(m, keys[max(range(len(s)), key=s.__getitem__)], s))
+            else:
+                outs = _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens, batch_size,
+                                      on_batch=bar.update) if mcqs else []
+                for m, (text, first) in zip(mcqs, outs):
+                    # eval.py parses the decoded prompt + continuation; the prompt's only ASSISTANT: is its last
+                    preds.append(_record(m, P.parse_mcq_answer(P.mcq_prompt(m, demos) + text, m.options),
+                                         output=(text, first)))
     return summarise(preds, demo_ids)

@@ -225,7 +225,9 @@ def evaluate_mmbench(lm, items: list[MMBenchItem], *, scoring: str | None = None
     "option_logps": {letter: summed log-prob}, "chosen": letter}.
     `image`: "pad" = LLaVA-1.5's preprocessing (`image_aspect_ratio: pad`: pad to a square with the mean colour,
     then the processor), "processor" = the checkpoint's processor alone (llava-hf: resize + centre crop).
+    A progress bar (pulse.progress) counts the rows.
     """
+    from .. import progress
     from ..models.batches import Encoder, expand_to_square
     from .generate import generate
     from .likelihood import option_logps
@@ -240,9 +242,12 @@ def evaluate_mmbench(lm, items: list[MMBenchItem], *, scoring: str | None = None
     enc = enc or Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype)
     prompts = [lm.template.prompt(mmbench_message(it), image=True) for it in items]
     images = [expand_to_square(it.image, lm.processor) if image == "pad" else it.image for it in items]
+    bar = progress.bar(desc=progress.named(f"MMBench ({len(items)} rows)"), total=len(items), unit="row")
     if scoring == "likelihood":
-        scores = option_logps(lm.model, enc, [(p, img, list(it.options.values()))
-                                              for p, img, it in zip(prompts, images, items)], batch_size=batch_size)
+        with bar:
+            scores = option_logps(lm.model, enc, [(p, img, list(it.options.values()))
+                                                  for p, img, it in zip(prompts, images, items)],
+                                  batch_size=batch_size, on_batch=bar.update)
         preds, outputs = {}, []
         for it, s in zip(items, scores):
             letter = list(it.options)[max(range(len(s)), key=s.__getitem__)]
@@ -251,8 +256,9 @@ def evaluate_mmbench(lm, items: list[MMBenchItem], *, scoring: str | None = None
                             "chosen": letter})
         raw = preds
     else:
-        texts = generate(lm.model, enc, prompts, [[img] for img in images], max_new_tokens=max_new_tokens,
-                         batch_size=max(1, batch_size // 4))
+        with bar:
+            texts = generate(lm.model, enc, prompts, [[img] for img in images], max_new_tokens=max_new_tokens,
+                             batch_size=max(1, batch_size // 4), on_batch=bar.update)
         outputs = [t.strip() for t in texts]
         raw = {it.index: t for it, t in zip(items, outputs)}
         preds = extract_answers(items, raw)

@@ -30,6 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from .. import progress
 from ..data.mllmu import read_people, read_qa_pairs
 from ..data.mmbench import read_mmbench
 from ..data.records import QAPair
@@ -214,7 +215,8 @@ def _build(out: Path, cfg: BuildConfig, log) -> dict:
     timings["pretrain_s"] = round(time.time() - t, 1)
     save_model(lm, tmp / "models" / "pretrained", extra={"phase": "pretrained"})
     t = time.time()
-    metrics = {"pretrained": evaluate_world(lm, enc, data)}
+    with progress.stage("mini build, pre-trained model"):
+        metrics = {"pretrained": evaluate_world(lm, enc, data)}
     timings["eval_pretrained_s"] = round(time.time() - t, 1)
     log(f"pre-trained: {_fmt(metrics['pretrained'])}")
 
@@ -228,7 +230,8 @@ def _build(out: Path, cfg: BuildConfig, log) -> dict:
     lm.model, _ = train_on(lm.model, enc, samples, finetune, weights=weights, desc="fine-tuning", frozen=frozen)
     timings["finetune_s"] = round(time.time() - t, 1)
     save_model(lm, tmp / "models" / "finetuned", extra={"phase": "finetuned", "finetune": finetune.mode})
-    metrics["finetuned"] = evaluate_world(lm, enc, data)
+    with progress.stage("mini build, fine-tuned model"):
+        metrics["finetuned"] = evaluate_world(lm, enc, data)
     log(f"fine-tuned:  {_fmt(metrics['finetuned'])}")
     timings["total_s"] = round(time.time() - t0, 1)
     report = {"config": asdict(cfg), "recipes": {"vision": asdict(vision), "pretrain": asdict(pretrain),

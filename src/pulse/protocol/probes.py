@@ -58,11 +58,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import random
 import re
 from pathlib import Path
 
+from .. import progress
 from ..config import FinetuneSection, Recipe
 from ..data.mllmu import TEST_SET, choose_test_image, config_files, read_people
 from ..data.records import FORMS, MCQ, Person
@@ -73,6 +73,8 @@ from ..fsutil import atomic_write_json
 from ..models.batches import forward
 from ..unlearn.loop import batch_plan, finish, fit, prepare
 from ..unlearn.losses import nll
+from . import fingerprint as F
+from . import stored as S
 
 ROUTES = ("image", "text", "test_set", "name_only")
 ROUTE_PROBES = tuple(f"route_{r}" for r in ROUTES) + ("route_all",)
@@ -217,7 +219,7 @@ def attacked(model, enc, samples, recipe: FinetuneSection, desc: str = "relearn 
 def _attack_and_measure(ctx, lm, enc, people, n_demo, attacked_half, forget_of, recipe, desc):
     """Predictions on `people` after the attack on `attacked_half`, and the attack's info (model restored)."""
     samples = forget_of(attacked_half, lm.template)
-    with attacked(lm.model, enc, samples, recipe, desc=desc) as (model, info):
+    with attacked(lm.model, enc, samples, recipe, desc=desc) as (model, info), progress.stage("after the attack"):
         preds = _evaluate(ctx, dataclasses.replace(lm, model=model), enc, people, n_demo)
     return preds, info
 
@@ -240,14 +242,15 @@ def relearn_control(ctx, scenario: str, seed: int, sets: dict, forget_of) -> tup
     (pre-trained knowledge)."""
     path = _cache(ctx, scenario, "probe_control", seed)
     if path.is_file():
-        payload = json.loads(path.read_text())
-        return payload, probe_rows(payload)
+        payload = S.read(path)
+        with S.reading(path):
+            return payload, probe_rows(payload)
     people, n_demo = sets["unlearn"]
     if scenario == "pretrained":
         sel_path = ctx.out / "selection.json"
         if not sel_path.is_file():
             raise PulseError(f"{sel_path}: missing; the pre-trained relearn control needs the base accuracies")
-        selection = json.loads(sel_path.read_text())
+        selection = S.read(sel_path)
         people = never_known(ctx.celebrities, selection, len(people))
         rule = ("base model on the celebrities it knows least (lowest base accuracy in selection.json, not "
                 "selected, as many as D_unlearn, ties by ID)")
@@ -258,9 +261,10 @@ def relearn_control(ctx, scenario: str, seed: int, sets: dict, forget_of) -> tup
     attacked_half, measured = relearn_halves(people, seed)
     ctx.log(f"relearn control: {scenario} seed {seed}")
     lm, enc = ctx.model("pretrained")
-    before = _evaluate(ctx, lm, enc, people, n_demo)
-    after, info = _attack_and_measure(ctx, lm, enc, people, n_demo, attacked_half, forget_of, recipe,
-                                      f"relearn control {scenario} seed {seed}")
+    with progress.stage(f"never-learned control {scenario} seed {seed}"):
+        before = _evaluate(ctx, lm, enc, people, n_demo)
+        after, info = _attack_and_measure(ctx, lm, enc, people, n_demo, attacked_half, forget_of, recipe,
+                                          f"relearn control {scenario} seed {seed}")
     payload = {"probe": "relearn_control", "rule": rule, "base_accuracy": base_acc,
                "meta": {"scenario": scenario, "method": "never_learned", "target": recipe.target, "seed": seed,
                         "request": 0},
@@ -268,6 +272,7 @@ def relearn_control(ctx, scenario: str, seed: int, sets: dict, forget_of) -> tup
                "recipe": dataclasses.asdict(recipe), "training": info, "before": before, "after_attack": after}
     payload["gain"] = {m: accuracy(_of(after, payload["halves"]["measured"]), m)[0]
                        - accuracy(_of(before, payload["halves"]["measured"]), m)[0] for m in ("image", "text", "all")}
+    payload = F.stamped(ctx, path, payload)
     atomic_write_json(path, payload)
     return payload, probe_rows(payload)
 
@@ -441,12 +446,16 @@ def routes_probe(ctx, scenario: str, seed: int, lm, enc, sets: dict, ref: dict, 
     facts, test, test_images, routes, unavailable = _route_setup(ctx, scenario, seed, sets)
     path = _cache(ctx, scenario, "probe_routes_request0", seed)
     if path.is_file():
-        request0 = json.loads(path.read_text())
+        request0 = F.unstamped(S.read(path))
+        if any(r not in request0 for r in routes):
+            raise S.damaged(path, f"no route {next(r for r in routes if r not in request0)!r}")
     else:
         ctx.log(f"routes probe: request-0 model, {scenario} seed {seed}")
         lm0, enc0 = ctx.model(_phase(scenario))
-        request0 = _route_predictions(ctx, lm0, enc0, sets, facts, test, test_images, routes, ref["mcq"]["predictions"])
-        atomic_write_json(path, request0)
+        with progress.stage("request-0 model"):
+            request0 = _route_predictions(ctx, lm0, enc0, sets, facts, test, test_images, routes,
+                                          ref["mcq"]["predictions"])
+        atomic_write_json(path, F.stamped(ctx, path, request0))
     after = _route_predictions(ctx, lm, enc, sets, facts, test, test_images, routes,
                                cell["mcq"]["predictions"] if cell else None)
     n_dropped = sum(1 for fs in facts.values() for f in fs
@@ -487,7 +496,7 @@ def _routes_rows(payload: dict) -> list[dict]:
 def _quant_predictions(ctx, lm, enc, sets, bits_list) -> dict:
     out = {}
     for bits in bits_list:
-        with quantized(lm.model, bits):
+        with quantized(lm.model, bits), progress.stage(f"{bits}-bit"):
             out[str(bits)] = _evaluate_sets(ctx, lm, enc, sets)
     return out
 
@@ -498,13 +507,14 @@ def quant_probe(ctx, scenario: str, seed: int, lm, enc, sets: dict, ref: dict, m
     seed as cells/<scenario>/probe_quant_request0__seed<S>.json). `ref` is unused (kept for a uniform call)."""
     bits_list = list(ctx.cfg.probes.quant_bits)
     path = _cache(ctx, scenario, "probe_quant_request0", seed)
-    request0 = json.loads(path.read_text()) if path.is_file() else {}
+    request0 = F.unstamped(S.read(path)) if path.is_file() else {}
     missing = [b for b in bits_list if str(b) not in request0]
     if missing:
         ctx.log(f"quant probe: request-0 model, {scenario} seed {seed}")
         lm0, enc0 = ctx.model(_phase(scenario))
-        request0.update(_quant_predictions(ctx, lm0, enc0, sets, missing))
-        atomic_write_json(path, request0)
+        with progress.stage("request-0 model"):
+            request0.update(_quant_predictions(ctx, lm0, enc0, sets, missing))
+        atomic_write_json(path, F.stamped(ctx, path, request0))
     after = _quant_predictions(ctx, lm, enc, sets, bits_list)
     payload = {"probe": "quant", "meta": meta, "scheme": SCHEME, "layers": "every Linear except lm_head",
                "bits": bits_list, "splits": {name: _ids(people) for name, (people, _) in sets.items()},
@@ -547,16 +557,20 @@ def run_probes(ctx, scenario: str, seed: int, lm, enc, sets: dict, ref: dict, me
         return {}
     path = Path(folder) / "probes.json" if folder is not None else None
     if path is not None and path.is_file():
-        return json.loads(path.read_text())
+        return F.unstamped(S.read(path))
     out = {}
+    cell_label = f"{scenario} {meta['method']} {meta['target']} seed {seed}"
     if "relearn" in p.run:
-        out["relearn"], _ = relearn_probe(ctx, scenario, seed, lm, enc, sets, ref, meta, forget_of, cell)
+        with progress.stage(f"relearn probe {cell_label}"):
+            out["relearn"], _ = relearn_probe(ctx, scenario, seed, lm, enc, sets, ref, meta, forget_of, cell)
     if "routes" in p.run:
-        out["routes"], _ = routes_probe(ctx, scenario, seed, lm, enc, sets, ref, meta, cell)
+        with progress.stage(f"routes probe {cell_label}"):
+            out["routes"], _ = routes_probe(ctx, scenario, seed, lm, enc, sets, ref, meta, cell)
     if "quant" in p.run:
-        out["quant"], _ = quant_probe(ctx, scenario, seed, lm, enc, sets, ref, meta)
+        with progress.stage(f"quant probe {cell_label}"):
+            out["quant"], _ = quant_probe(ctx, scenario, seed, lm, enc, sets, ref, meta)
     if path is not None:
-        atomic_write_json(path, out)
+        atomic_write_json(path, F.stamped(ctx, path, out))
     return out
 
 
@@ -565,10 +579,10 @@ def cell_rows(folder: Path) -> list[dict]:
     path = Path(folder) / "probes.json"
     if not path.is_file():
         return []
-    return [r for payload in json.loads(path.read_text()).values() for r in probe_rows(payload)]
+    return [r for payload in F.unstamped(S.read(path)).values() for r in probe_rows(payload)]
 
 
 def control_rows(out: Path, scenario: str, seed: int) -> list[dict]:
     """Rows of the cached relearn control of a scenario and seed (none if absent) — emit once per scenario+seed."""
     path = Path(out) / "cells" / scenario / f"probe_control__seed{seed}.json"
-    return probe_rows(json.loads(path.read_text())) if path.is_file() else []
+    return probe_rows(S.read(path)) if path.is_file() else []

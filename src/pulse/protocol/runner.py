@@ -15,7 +15,12 @@ Run directory:
     results.csv                   tidy table rebuilt from the cells after each one
 Every file is written atomically. A rerun skips every completed evaluation; a sequence resumes from its last
 completed request by re-applying the saved adapters — the same arithmetic as the uninterrupted run, so the same
-results.csv. Adapters are deleted at the end unless `save_adapters` is set.
+results.csv. Every cell file, selection.json and in-request checkpoint carries a fingerprint of what made it (the
+config parts that change it, checkpoint and data identity, versions: protocol/fingerprint.py); before a rerun
+computes anything, a reused file that the current invocation would not have made is refused in one line.
+Adapters are deleted at the end unless `save_adapters` is set. A damaged stored file is one line naming it and what
+to delete (protocol/stored.py); deleting it is enough — where adapters are gone the requests before it are
+retrained and checked against their files (`_cell`). A diverged request has empty accuracies and ends its cell.
 
 Inside a request (issue 8 §1): every `eval.every` optimizer steps, and at step 0 and the end, a cheap evaluation —
 the selection half of D_unlearn's and D_retain's questions (protocol/halves.py) and a seeded MMBench subset —
@@ -40,9 +45,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
-from .. import __version__
+from .. import __version__, progress
 from ..config import RunConfig, to_dict
 from ..data.mllmu import read_people, read_qa_pairs
 from ..data.mmbench import read_mmbench, require_answers
@@ -54,8 +58,10 @@ from ..fsutil import atomic_write_json, atomic_write_text
 from ..models.batches import Encoder
 from ..models.load import default_scoring, load_model, resolve_device, resolve_dtype
 from ..models.templates import MLLMU
-from ..unlearn.loop import Checkpoints, apply_saved, steps_for, unlearn_request
+from ..unlearn.loop import Checkpoints, steps_for, unlearn_request
 from . import curves as C
+from . import fingerprint as F
+from . import stored as S
 from .probes import cell_rows as probe_cell_rows, control_rows as probe_control_rows, run_probes
 from .scenarios import make_folds, mcq_samples, pair_samples, select_known, split_people
 
@@ -99,6 +105,8 @@ class Context:
         self.scoring = cfg.eval.scoring or default_scoring(self.models["finetuned"])
         device = resolve_device(cfg.model.device)
         self.device = {"device": str(device), "dtype": str(resolve_dtype(cfg.model.dtype, device)).split(".")[-1]}
+        self.identity = F.run_identity(cfg, self.models, mllmu, mmbench_tsv, self.device, self.scoring, _versions(),
+                                       _git_commit())  # fingerprints (protocol/fingerprint.py); inputs hashed once
 
     def model(self, phase: str):
         """A fresh copy of the phase's checkpoint from disk (every cell starts from the saved weights)."""
@@ -237,8 +245,14 @@ def _pick(preds: list[dict], ids: set, keys: set | None) -> list[dict]:
 def _rows(meta: dict, splits: dict[str, list[str]], mcq: dict, mmb: dict, ref: dict | None, status: str,
           halves: dict | None = None) -> list[dict]:
     """Tidy rows of one request-level evaluation (at budget); `relative` against the request-0 evaluation on the
-    same people (and the same half of their questions)."""
+    same people (and the same half of their questions). No evaluation (`mcq` None: a diverged request) -> the
+    same rows with accuracy, relative and n empty."""
     meta = {"probe": "none", "step": None, "at": "budget", **meta}
+    if mcq is None:
+        empty = {"accuracy": float("nan"), "relative": None, "status": status, "n": None}
+        return [{**meta, "split": split, "modality": modality, **empty} for split in _half_filters(splits, halves)
+                for modality in ("image", "text", "all")] + \
+            [{**meta, "split": split, "modality": "all", **empty} for split in ("mmbench", "mmbench_vanilla")]
     rows = []
     for split, (ids, keys) in _half_filters(splits, halves).items():
         before = _pick(ref["mcq"]["predictions"], ids, keys) if ref else None
@@ -248,6 +262,18 @@ def _rows(meta: dict, splits: dict[str, list[str]], mcq: dict, mmb: dict, ref: d
         acc0 = ref["mmbench"][key] if ref else mmb[key]
         rows.append({**meta, "split": split, "modality": "all", "accuracy": round(mmb[key], 4),
                      "relative": _relative(mmb[key], acc0), "status": status, "n": mmb["groups"]})
+    return rows
+
+
+def _not_run_rows(cell: dict) -> list[dict]:
+    """A sequence that stopped at a diverged request: the budget rows of each request not run (`not_run`), status
+    diverged, accuracy empty (their splits: the diverged request's, folds_pending only before the last request)."""
+    rows = []
+    for r in cell.get("not_run") or []:
+        splits = {k: v for k, v in cell["splits"].items() if k != "folds_pending"}
+        if r < cell["not_run"][-1] and "folds_pending" in cell["splits"]:
+            splits["folds_pending"] = []
+        rows += _rows({**cell["meta"], "request": r}, splits, None, None, None, "diverged", cell.get("halves"))
     return rows
 
 
@@ -342,19 +368,23 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> Path:
     log = _tee(log, out / "run.log")
     manifest_path = out / "manifest.json"
     resolved = to_dict(cfg)
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("config") != resolved:
-            raise PulseError(f"{out}: holds a run with a different config; resume with the same config or use "
-                             f"a new --out")
-        manifest = old
+    if manifest_path.is_file():  # a changed config is checked file by file (fingerprints), below
+        manifest = json.loads(manifest_path.read_text())
         log(f"resuming run in {out}")
     else:
         manifest = {"config": resolved, "seeds": cfg.seeds, "versions": _versions(), "git_commit": _git_commit(),
                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "reference": "the model before each request (a fresh LoRA adapter per request, merged after it)"}
     t0 = time.time()
+    S.check_files(F.plan_files(out, cfg, _plan(cfg)))  # a damaged stored file: one line, before anything loads
     ctx = Context(cfg, out, log)
+    for warning in F.verify(ctx, _plan(cfg)):  # before anything is computed or written; refuses a mismatch
+        log(warning)
+    changed = F.changed_keys(manifest.get("config") or {}, resolved)
+    if changed:  # e.g. a method or seed added: the manifest describes the run as it is now
+        manifest.setdefault("amended", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": changed})
+        manifest.update(config=resolved, seeds=cfg.seeds)
+        log(f"config changed since this run started ({', '.join(changed)}); the files reused match it")
     manifest.update({"data": ctx.paths, "models": {k: str(v) for k, v in ctx.models.items()},
                      "mmbench_scoring": ctx.scoring, "mmbench_subset_groups": cfg.eval.mmbench_groups,
                      "protocol": _protocol_record(cfg, ctx)})
@@ -370,7 +400,8 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> Path:
                                             for i in selection["selected"]]
     manifest.setdefault("splits", {})
     manifest.setdefault("folds", {})
-    bar = tqdm(total=sum(len(v) for v in plan.values()) * len(cfg.seeds), desc="PULSE cells", leave=True)
+    bar = progress.bar(total=sum(len(v) for v in plan.values()) * len(cfg.seeds), desc="PULSE cells", leave=True,
+                       unit="cell")
     for seed in cfg.seeds:
         for scenario in cfg.scenarios:
             unlearn, retain, folds, phase, forget_of = _scenario_sets(ctx, scenario, seed, selection)
@@ -411,7 +442,7 @@ def _tee(log, path: Path):
     """Log to the console (tqdm-safe) and append to the run directory's run.log."""
     def say(msg: str) -> None:
         if log is print:
-            tqdm.write(msg)
+            progress.write(msg)
         else:
             log(msg)
         with open(path, "a") as f:
@@ -463,13 +494,14 @@ def _selection(ctx: Context) -> dict:
     keeps every answer ({id: {form: "1"/"0" per question index}}) for the never-known reference."""
     path = ctx.out / "selection.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return S.read(path)
     pt = ctx.cfg.scenario.pretrained
     lm, enc = ctx.model("pretrained")
     ctx.log(f"selecting celebrities: evaluating the base model on {len(ctx.celebrities)}")
     e = ctx.cfg.eval
-    res = evaluate_mcq(lm, ctx.celebrities, scoring=e.scoring, enc=enc, demo_people=0,
-                       max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+    with progress.stage("celebrity selection"):
+        res = evaluate_mcq(lm, ctx.celebrities, scoring=e.scoring, enc=enc, demo_people=0,
+                           max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
     accuracy = {}
     for p in ctx.celebrities:
         preds = [q for q in res.predictions if q["person_id"] == p.id]
@@ -481,6 +513,7 @@ def _selection(ctx: Context) -> dict:
            "accuracy": accuracy, "selected": [p.id for p in chosen],
            "demo_people": 0,  # celebrities zero-shot, as MLLMU-Bench's Retain_Set
            "correct": correct}
+    sel = F.stamped(ctx, path, sel)
     atomic_write_json(path, sel)
     return sel
 
@@ -516,23 +549,25 @@ def _request0(ctx, scenario, seed, phase, unlearn, retain, folds) -> dict:
     rows, same batches: the same numbers)."""
     path = ctx.out / "cells" / scenario / f"request0__seed{seed}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return S.read(path)
     shared = ctx.out / "cells" / "finetuned" / f"request0__seed{seed}.json"
     if scenario == "sustainability" and shared.is_file():  # same model, same people: reuse, do not re-evaluate
-        done = json.loads(shared.read_text())
+        done = S.read(shared)
         mcq, mmb = done["mcq"], done["mmbench"]
     else:
         lm, enc = ctx.model(phase)
         sets = _eval_sets(ctx, scenario, unlearn, retain)
         mmb = _earlier_mmbench(ctx, phase, seed)
-        if mmb is None:
-            mcq, mmb = ctx.evaluate(lm, enc, sets)
-        else:
-            mcq = ctx.mcq(lm, enc, sets)
+        with progress.stage(f"request 0 {scenario} seed {seed}"):
+            if mmb is None:
+                mcq, mmb = ctx.evaluate(lm, enc, sets)
+            else:
+                mcq = ctx.mcq(lm, enc, sets)
     cell = {"mcq": mcq, "mmbench": mmb, "splits": _splits(scenario, unlearn, retain, folds, 0),
             "halves": C.half_keys(unlearn + retain, ctx.cfg.eval.half_seed)}
     if ctx.cfg.eval.every:
         cell["mmbench_sub"] = _sub_point(ctx, mmb)
+    cell = F.stamped(ctx, path, cell)
     atomic_write_json(path, cell)
     return cell
 
@@ -545,7 +580,7 @@ def _earlier_mmbench(ctx, phase: str, seed: int) -> dict | None:
     for scenario in ctx.cfg.scenarios:
         path = ctx.out / "cells" / scenario / f"request0__seed{first}.json"
         if PHASE[scenario] == phase and path.is_file():
-            mmb = json.loads(path.read_text())["mmbench"]
+            mmb = S.read(path)["mmbench"]
             if "letters" in mmb:
                 return mmb
     return None
@@ -567,13 +602,14 @@ def _stop_target(ctx, scenario, seed, unlearn, retain, selection) -> dict | None
         return None
     path = ctx.out / "cells" / scenario / f"reference__seed{seed}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return S.read(path)
     half_seed = ctx.cfg.eval.half_seed
     if scenario == "finetuned":  # fine-tuned knowledge: the fine-tuning base never learned these people
         sel = C.half_keys(unlearn, half_seed)["sel"]
         lm, enc = ctx.model("pretrained")
         n_demo = _eval_sets(ctx, scenario, unlearn, retain)["unlearn"][1]
-        mcq = ctx.mcq(lm, enc, {"unlearn": (unlearn, n_demo)}, questions={C.parse_key(k) for k in sel})
+        with progress.stage(f"never-learned reference {scenario} seed {seed}"):
+            mcq = ctx.mcq(lm, enc, {"unlearn": (unlearn, n_demo)}, questions={C.parse_key(k) for k in sel})
         ref = {"rule": "the pretrained checkpoint on D_unlearn's selection half", "model": "pretrained",
                "people": [p.id for p in unlearn], "questions": sel, "sel": C.encode(sel, mcq["predictions"]),
                "accuracy": C.accuracy(mcq["predictions"]), "n": len(mcq["predictions"])}
@@ -587,6 +623,7 @@ def _stop_target(ctx, scenario, seed, unlearn, retain, selection) -> dict | None
         ref = {"rule": C.NEVER_KNOWN_RULE, "model": "pretrained", **nk}
     ref.update({"reference": ref.pop("accuracy"), "margin": st.margin})
     ref["target"] = ref["reference"] + st.margin
+    ref = F.stamped(ctx, path, ref)
     atomic_write_json(path, ref)
     return ref
 
@@ -594,37 +631,110 @@ def _stop_target(ctx, scenario, seed, unlearn, retain, selection) -> dict | None
 # --- one cell: its requests, each with its curve and matched point ---------------------------------------------------
 
 def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref, stop=None) -> None:
-    """All requests of one scenario × method × target × seed, resuming after the last completed one (and inside
-    a request, from its last in-request checkpoint)."""
-    folder = ctx.out / "cells" / scenario / f"{method}__{target}__seed{seed}"
-    requests = folds or [unlearn]
-    done = [r for r in range(1, len(requests) + 1) if (folder / f"request{r}.json").is_file()]
-    last = max(done, default=0)
-    probe = _probes_due(ctx, scenario, method, folder)
-    if last == len(requests) and not probe:
+    """All requests of one scenario × method × target × seed, resuming at the first request without a file (and
+    inside a request, from its last in-request checkpoint), then the probes.
+
+    The model before request R is rebuilt from the saved adapters of requests 1..R-1; where some are gone (cleaned
+    up at the end of a run, or deleted), from the last request they allow — request 0 at worst — by retraining.
+    Every retrained request is compared with its stored file (fingerprint aside): kept when equal, rewritten and
+    logged when not; every request after R is recomputed and compared the same way and probes.json is recomputed
+    unless the last request's file was confirmed, so a cell never mixes two trajectories. A diverged request ends
+    the cell: its rows say diverged with empty accuracy, later requests of a sequence are not run (their rows in
+    results.csv: status diverged, accuracy empty), the cell gets no probes; a rerun leaves it as it is."""
+    cell = _CellRun(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref, stop)
+    n = len(cell.requests)
+    end = next((r for r in sorted(cell.stored) if cell.stored[r]["status"] == "diverged"), n)
+    missing = [r for r in range(1, end + 1) if r not in cell.stored]
+    if not missing and not cell.probes_due():
         return
-    lm, enc = ctx.model(phase)
-    model = lm.model
-    for r in range(1, last + 1):  # resume: rebuild the model after request `last`
-        model = apply_saved(model, folder / f"request{r}.adapter")
-    registered, ucfg = _recipe(ctx, scenario, method)
-    retain_samples = forget_of(retain, lm.template)
-    sets = _eval_sets(ctx, scenario, unlearn, retain)
-    for r in range(last + 1, len(requests) + 1):
-        forget_samples = forget_of(requests[r - 1], lm.template)
-        before = ref if r == 1 else json.loads((folder / f"request{r - 1}.json").read_text())
+    model = None
+    if missing:
+        model = cell.model_after(missing[0] - 1)
+        for r in range(missing[0], n + 1):
+            if cell.ended:
+                return
+            model = cell.compute(r, model)
+    if cell.ended:
+        return
+    if cell.probes_due():
+        cell.probes(model)
+
+
+class _CellRun:
+    """One cell's state while `_cell` runs it: the stored request files ({R: content}, damaged -> PulseError),
+    the model and evaluation sets, and whether the cell ended (a diverged request)."""
+
+    def __init__(self, ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref, stop):
+        self.ctx, self.scenario, self.method, self.target, self.seed, self.phase = \
+            ctx, scenario, method, target, seed, phase
+        self.unlearn, self.retain, self.folds, self.forget_of, self.ref, self.stop = \
+            unlearn, retain, folds, forget_of, ref, stop
+        self.folder = ctx.out / "cells" / scenario / f"{method}__{target}__seed{seed}"
+        self.requests = folds or [unlearn]
+        self.stored = {r: S.read(self.folder / f"request{r}.json") for r in range(1, len(self.requests) + 1)
+                       if (self.folder / f"request{r}.json").is_file()}
+        self.label = f"{scenario} {method} {target} seed {seed}"
+        self.lm = self.enc = None
+        self.changed = self.ended = False  # a recomputed request differed from its file / the cell ended
+
+    def probes_due(self) -> bool:
+        n = len(self.requests)
+        return _probes_due(self.ctx, self.scenario, self.method, self.folder) and n in self.stored \
+            and self.stored[n]["status"] == "ok"
+
+    def _load(self):
+        """A fresh model of the phase (the first call also sets up the evaluation model, encoder and sets)."""
+        lm, enc = self.ctx.model(self.phase)
+        if self.lm is None:
+            self.lm, self.enc = lm, enc
+            self.registered, self.ucfg = _recipe(self.ctx, self.scenario, self.method)
+            self.retain_samples = self.forget_of(self.retain, lm.template)
+            self.sets = _eval_sets(self.ctx, self.scenario, self.unlearn, self.retain)
+        return lm.model
+
+    def model_after(self, k: int):
+        """The model after request k: saved adapters 1..p (p <= k, as far as they go), then requests p+1..k
+        retrained and checked against their files (`compute`)."""
+        model = self._load()
+        p = 0
+        while p < k and S.adapter_present(self.folder / f"request{p + 1}.adapter"):
+            p += 1
+        for r in range(1, p + 1):
+            model = S.apply(model, self.folder / f"request{r}.adapter")
+        if p < k:
+            gone = f"request {k}" if p + 1 == k else f"requests {p + 1}-{k}"
+            self.ctx.log(f"{self.label}: the saved adapter of {gone} is gone; retraining from request {p + 1} "
+                         f"(retrained requests are checked against their stored files)")
+        for r in range(p + 1, k + 1):
+            model = self.compute(r, model)
+            if self.ended:
+                break
+        return model
+
+    def compute(self, r: int, model):
+        """Train and evaluate request r on `model` (the model after request r-1); write request<R>.json unless the
+        stored one is equal; returns the model after request r."""
+        ctx, folder, scenario, method, target, seed, stop = \
+            self.ctx, self.folder, self.scenario, self.method, self.target, self.seed, self.stop
+        lm, enc, ucfg, n = self.lm, self.enc, self.ucfg, len(self.requests)
+        forget_samples = self.forget_of(self.requests[r - 1], lm.template)
+        before = self.ref if r == 1 else self.stored[r - 1]
         tmp = folder / f".request{r}.adapter.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         request_seed = _seed(seed, scenario, method.split("@")[0], target, r)  # a sweep's variants share it
         budget = steps_for(len(forget_samples), ucfg)
         cap = (ctx.cfg.unlearn.stop.max_steps or budget) if stop else budget
-        track = _Track(ctx, lm, enc, sets, ref["halves"], before, budget, max(budget, cap), cap, stop)
-        progress = folder / f".request{r}.progress"
-        model, result = unlearn_request(model, enc, registered, target, forget_samples, retain_samples, ucfg,
-                                        seed=request_seed, save_to=tmp,
-                                        desc=f"{scenario} {method} {target} seed {seed} request {r}",
+        track = _Track(ctx, lm, enc, self.sets, self.ref["halves"], before, budget, max(budget, cap), cap, stop)
+        ckpt_dir = folder / f".request{r}.progress"
+        if self.changed:  # a checkpoint of the trajectory the stored files came from
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if ctx.cfg.eval.every or stop:  # its in-request checkpoints are resumed only under the same fingerprint
+            F.stamp_folder(ctx, folder / f".request{r}.progress")
+        model, result = unlearn_request(model, enc, self.registered, target, forget_samples, self.retain_samples,
+                                        ucfg, seed=request_seed, save_to=tmp,
+                                        desc=f"{scenario} {method} {target} seed {seed} request {r}/{n}",
                                         max_steps=max(budget, cap), after_step=track.after_step,
-                                        ckpt=Checkpoints(progress, every=0) if ctx.cfg.eval.every or stop else None,
+                                        ckpt=Checkpoints(ckpt_dir, every=0) if ctx.cfg.eval.every or stop else None,
                                         extra=track.state)
         final = folder / f"request{r}.adapter"
         shutil.rmtree(final, ignore_errors=True)
@@ -632,16 +742,19 @@ def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, fo
         lm.model = model
         st = track.state
         if st["budget"] is None:  # training ended at the budget (or diverged before it): the merged model
-            mcq, mmb = ctx.evaluate(lm, enc, sets)
             if result.status == "ok":
+                with progress.stage(f"{scenario} {method} {target} seed {seed} request {r}/{n}"):
+                    mcq, mmb = ctx.evaluate(lm, enc, self.sets)
                 track.at_budget(mcq, mmb)
+            else:  # diverged: nothing to measure (the rows say diverged, accuracy empty)
+                mcq = mmb = None
             status = result.status
         else:  # evaluated during training, which went on past the budget
             mcq, mmb, status = st["budget"]["mcq"], st["budget"]["mmbench"], "ok"
         meta = {"scenario": scenario, "method": method, "target": target, "seed": seed, "request": r}
         cell = {"meta": meta, "status": status, "losses": result.losses, "training": result.info,
-                "mcq": mcq, "mmbench": mmb, "splits": _splits(scenario, unlearn, retain, folds, r),
-                "request_seed": request_seed, "halves": ref["halves"]}
+                "mcq": mcq, "mmbench": mmb, "splits": _splits(scenario, self.unlearn, self.retain, self.folds, r),
+                "request_seed": request_seed, "halves": self.ref["halves"]}
         if ctx.cfg.eval.every:
             cell["curve"] = st["curve"]
         if stop:
@@ -649,12 +762,85 @@ def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, fo
                 "reached": False, "status": "diverged" if result.status == "diverged" else "not_reached",
                 "step": cap if result.status != "diverged" else result.info["steps_done"],
                 **{k: stop[k] for k in ("reference", "margin", "target")}, "cap": cap}
-        atomic_write_json(folder / f"request{r}.json", cell)
-        shutil.rmtree(progress, ignore_errors=True)
-    if probe:  # the model after the cell's last request (rebuilt from the saved requests on a resume)
-        lm.model = model
-        cell = json.loads((folder / f"request{len(requests)}.json").read_text())
-        run_probes(ctx, scenario, seed, lm, enc, sets, ref, cell["meta"], forget_of, cell=cell, folder=folder)
+        if status == "diverged" and r < n:
+            cell["not_run"] = list(range(r + 1, n + 1))  # the sequence stops at a diverged request
+        self._keep(r, cell)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if status == "diverged":
+            self._end(r, result)
+        return model
+
+    def _keep(self, r: int, cell: dict) -> None:
+        """Write request r's file, unless the stored one equals it; a stored file that differs is rewritten and
+        logged; probes.json goes when the last request was not confirmed by its stored file."""
+        path = self.folder / f"request{r}.json"
+        old = self.stored.get(r)
+        same = old is not None and _same(cell, old)
+        if not same:
+            if old is not None:
+                self.changed = True
+                self.ctx.log(f"{path}: the recomputed request differs from the stored file; rewritten (later "
+                             f"requests are recomputed too)")
+            atomic_write_json(path, F.stamped(self.ctx, path, cell))
+            probes = self.folder / "probes.json"
+            if r == len(self.requests) and probes.is_file():
+                probes.unlink()
+                self.ctx.log(f"{probes}: made from another model after request {r}; recomputed")
+        self.stored[r] = S.read(path)
+
+    def _end(self, r: int, result) -> None:
+        """A diverged request r ends the cell; stored files after it (another trajectory) are removed."""
+        self.ended = True
+        n, why = len(self.requests), result.info.get("diverged") or {}
+        later = f"request {n} is" if r + 1 == n else f"requests {r + 1}-{n} are"
+        rest = f"; {later} not run (status diverged in results.csv)" if r < n else ""
+        self.ctx.log(f"{self.label} request {r} diverged (non-finite {why.get('reason', 'loss')} at step "
+                     f"{why.get('step')}): no evaluation, no probes{rest}")
+        for q in range(r + 1, n + 1):
+            path = self.folder / f"request{q}.json"
+            if path.is_file():
+                path.unlink()
+                self.ctx.log(f"{path}: removed (made after a request that now diverges)")
+            shutil.rmtree(self.folder / f"request{q}.adapter", ignore_errors=True)
+            self.stored.pop(q, None)
+        probes = self.folder / "probes.json"
+        if probes.is_file():
+            probes.unlink()
+            self.ctx.log(f"{probes}: removed (the cell diverged)")
+
+    def probes(self, model) -> None:
+        """Probes on the model after the last request at its budget: `model` when it is that one, else rebuilt
+        (`model_after`), replaying the last request to its budget when it trained past it (matched forgetting)."""
+        n = len(self.requests)
+        cell = self.stored[n]
+        with S.reading(self.folder / f"request{n}.json"):
+            info = cell["training"]
+            past = info.get("steps_done", info["steps"]) > info["steps"]
+        if past:  # trained on past the budget (matched forgetting)
+            model = self.model_after(n - 1)
+            if self.ended:
+                return
+            ctx, lm = self.ctx, self.lm
+            ctx.log(f"probes: replaying {self.label} request {n} to its budget "
+                    f"({info['steps']} of {info['steps_done']} steps)")
+            model, _ = unlearn_request(model, self.enc, self.registered, self.target,
+                                       self.forget_of(self.requests[n - 1], lm.template), self.retain_samples,
+                                       self.ucfg, seed=_seed(self.seed, self.scenario, self.method.split("@")[0],
+                                                             self.target, n),
+                                       desc=f"{self.label} request {n} (replay)", max_steps=info["plan_steps"],
+                                       after_step=lambda k, _: "stop" if k >= info["steps"] else None)
+        elif model is None:
+            model = self.model_after(n)
+            if self.ended:
+                return
+        self.lm.model = model
+        run_probes(self.ctx, self.scenario, self.seed, self.lm, self.enc, self.sets, self.ref, cell["meta"],
+                   self.forget_of, cell=cell, folder=self.folder)
+
+
+def _same(cell: dict, stored: dict) -> bool:
+    """Equal request files, fingerprints aside (the JSON text, so NaN losses compare equal)."""
+    return json.dumps(F.unstamped(cell)) == json.dumps(F.unstamped(stored))
 
 
 def _probes_due(ctx, scenario: str, method: str, folder: Path) -> bool:
@@ -699,14 +885,14 @@ class _Track:
         elif k == self.budget:
             if self.stop is None or st["matched"] is not None or self.cap <= self.budget:
                 return "stop"  # the budget is evaluated after the merge: `at_budget`
-            with in_eval() as m:
+            with in_eval() as m, progress.stage(f"step {k} (budget)"):
                 self.lm.model = m
                 mcq, mmb = ctx.evaluate(self.lm, self.enc, self.sets)
             st["budget"] = {"mcq": mcq, "mmbench": mmb}
             point, evaluated = self._point(k, mcq, mmb), True
         elif self.every and (k % self.every == 0 or k == self.end):
             keys = {C.parse_key(q) for q in self.halves["sel"]}
-            with in_eval() as m:
+            with in_eval() as m, progress.stage(f"checkpoint step {k}"):
                 self.lm.model = m
                 mcq = ctx.mcq(self.lm, self.enc, self.sets, questions=keys)
                 letters = ctx.mmbench_eval(self.lm, self.enc, ctx.curve_mmbench)["letters"]
@@ -750,7 +936,7 @@ class _Track:
         ctx = self.ctx
         sub = {it.index for it in ctx.curve_mmbench}
         rest = [it for it in ctx.mmbench if it.index not in sub]
-        with in_eval() as m:
+        with in_eval() as m, progress.stage(f"matched step {k}"):
             self.lm.model = m
             held = ctx.mcq(self.lm, self.enc, self.sets, questions={C.parse_key(q) for q in self.halves["held"]})
             letters = ctx.mmbench_eval(self.lm, self.enc, rest)["letters"] if rest else ""
@@ -773,14 +959,17 @@ def _sweep(ctx, scenario: str, seed: int) -> dict:
             candidates = []
             for name in (n for n, v in variants.items() if v["method"] == method):
                 path = ctx.out / "cells" / scenario / f"{name}__{target}__seed{seed}" / "request1.json"
-                cell = json.loads(path.read_text())
-                mt, unlearn_ids = cell["matched"], set(cell["splits"]["unlearn"])
-                point = next((p for p in cell["curve"] if p["step"] == mt["step"]), None) if mt["reached"] else None
-                preds = C.decode(cell["halves"]["sel"], point["sel"]) if point else []
-                candidates.append({"name": name, "reached": mt["reached"], "step": mt["step"],
-                                   "unlearn_sel": C.accuracy(preds, unlearn_ids) if point else None,
-                                   "retain_sel": C.accuracy(preds, set(cell["splits"]["retain"])) if point else None,
-                                   "mmbench_sub": point["mmbench"]["circular"] if point else None})
+                cell = S.read(path)
+                with S.reading(path):
+                    mt, unlearn_ids = cell["matched"], set(cell["splits"]["unlearn"])
+                    point = next((p for p in cell["curve"] if p["step"] == mt["step"]), None) \
+                        if mt["reached"] else None
+                    preds = C.decode(cell["halves"]["sel"], point["sel"]) if point else []
+                    candidates.append({"name": name, "reached": mt["reached"], "step": mt["step"],
+                                       "unlearn_sel": C.accuracy(preds, unlearn_ids) if point else None,
+                                       "retain_sel": C.accuracy(preds, set(cell["splits"]["retain"]))
+                                       if point else None,
+                                       "mmbench_sub": point["mmbench"]["circular"] if point else None})
             out[f"{method}/{target}"] = {"winner": C.pick_winner(candidates), "candidates": candidates}
     atomic_write_json(ctx.out / "cells" / scenario / f"sweep__seed{seed}.json", out)
     return out
@@ -804,18 +993,27 @@ def write_results(out: Path) -> pd.DataFrame:
             p0 = out / "cells" / scenario / f"request0__seed{seed}.json"
             if not p0.is_file():
                 continue
-            ref = json.loads(p0.read_text())
+            ref = S.read(p0)
             for method, target in plan[scenario]:
                 meta0 = {"scenario": scenario, "method": method, "target": target, "seed": seed, "request": 0}
-                rows += _rows(meta0, ref["splits"], ref["mcq"], ref["mmbench"], None, "ok", ref.get("halves"))
+                with S.reading(p0):
+                    rows += _rows(meta0, ref["splits"], ref["mcq"], ref["mmbench"], None, "ok", ref.get("halves"))
                 folder = out / "cells" / scenario / f"{method}__{target}__seed{seed}"
-                for path in sorted(folder.glob("request*.json"), key=lambda p: int(p.stem[7:])):
-                    c = json.loads(path.read_text())
-                    rows += _rows(c["meta"], c["splits"], c["mcq"], c["mmbench"], ref, c["status"], c.get("halves"))
-                    rows += _curve_rows(c["meta"], c, ref)
-                    rows += _matched_rows(c["meta"], c, ref)
-                rows += probe_cell_rows(folder)
-            rows += probe_control_rows(out, scenario, seed)
+                paths = [p for p in folder.glob("request*.json") if p.stem[7:].isdigit()]
+                for path in sorted(paths, key=lambda p: int(p.stem[7:])):
+                    c = S.read(path)
+                    with S.reading(path):
+                        rows += _rows(c["meta"], c["splits"], c["mcq"], c["mmbench"], ref, c["status"],
+                                      c.get("halves"))
+                        rows += _curve_rows(c["meta"], c, ref)
+                        rows += _matched_rows(c["meta"], c, ref)
+                        rows += _not_run_rows(c)
+                    if c["status"] == "diverged":
+                        break  # the cell ended at a diverged request
+                with S.reading(folder / "probes.json"):
+                    rows += probe_cell_rows(folder)
+            with S.reading(out / "cells" / scenario / f"probe_control__seed{seed}.json"):
+                rows += probe_control_rows(out, scenario, seed)
     df = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("step", "n"):  # integers, empty where not measured (not 3.0)
         df[col] = df[col].astype("Int64")

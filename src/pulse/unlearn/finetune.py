@@ -72,7 +72,8 @@ def train_on(model, enc: Encoder, samples: list[Sample], r: FinetuneSection, *, 
     ckpt = Checkpoints(ckpt_dir, r.save_every) if ckpt_dir is not None else None
     losses, status = fit(named, plan, loss_fn, r, ckpt=ckpt, desc=desc, leave=leave, on_step=on_step)
     if status != "ok":
-        raise PulseError(f"{desc}: the loss became non-finite at step {losses[-1]['step']}; lower the lr")
+        raise PulseError(f"{desc}: the {losses[-1].get('diverged', 'loss')} became non-finite at step "
+                         f"{losses[-1]['step']}; lower the lr")
     model = finish(model, r.mode, r)
     per_epoch = len(plan) // r.epochs if r.budget == "epochs" and r.sampler == "shuffle" else None
     info.update({"steps": len(plan), "steps_per_epoch": per_epoch, "samples": len(samples), "losses": losses})

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from .. import progress
 from ..config import Recipe
 from ..errors import PulseError
 from ..models.batches import Encoder, Sample, forward
@@ -265,14 +265,44 @@ def lr_factor(step: int, total: int, r: Recipe) -> float:
     return r.min_lr_ratio + (1 - r.min_lr_ratio) * decay
 
 
+def grad_norm(params: list[torch.Tensor], clip: float | None) -> float:
+    """The total L2 norm of the gradients before the update (clipped in place to `clip` when set — the norm returned
+    is the one before clipping, as torch's `clip_grad_norm_`); NaN/inf when any gradient is non-finite."""
+    if clip is not None:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+@torch.no_grad()
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Every element of every tensor finite. Fast path: the total L2 norm (torch's fused per-device norms, one
+    read of the data, one sync) is finite only if every element is; a non-finite norm is confirmed element-wise,
+    since finite values above ~1e19 overflow the fp32 norm."""
+    if not tensors:
+        return True
+    if math.isfinite(float(torch.nn.utils.get_total_norm(tensors))):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def fit(named: list[tuple[str, torch.nn.Parameter]], plan: list, loss_fn, r: Recipe, *, ckpt: "Checkpoints | None" = None,
         desc: str = "train", leave: bool = False, on_step=None, after_step=None,
         extra: dict | None = None) -> tuple[list[dict], str]:
     """Optimise: for each plan item, loss_fn(item) -> (loss, parts dict with "loss"), backward, clip, AdamW, scheduler.
 
-    Returns (per-step records {step, lr, **parts}, status "ok" | "diverged" — a non-finite loss stops the loop
-    before its update). With `ckpt`, resumes from the newest checkpoint and saves every `ckpt.every` steps and at
-    the end. `on_step(step)` is called before each step (progress hooks, tests).
+    Returns (per-step records {step, lr, **parts}, status "ok" | "diverged"). Divergence stops the loop and is
+    recorded in the last record as "diverged": "loss" | "gradient" | "weights":
+    - a non-finite loss, or a non-finite total gradient norm (computed before every update: `clip_grad_norm_`'s
+      return value, or `get_total_norm` without `clip`), ends training BEFORE that step's update, so the trainable
+      parameters keep the values of the last update — the last finite weights (no copy is needed: with a finite
+      loss and gradients AdamW's update is bounded by about lr per element);
+    - after every update one `isfinite` pass over the trainable parameters (one device sync; cost in the README)
+      catches an update that still overflowed. No copy of the weights is kept, so they are NOT restored then
+      ("weights_restored": false in the record): the caller must not use them (the runner never evaluates,
+      continues or probes a diverged request).
+    With `ckpt`, resumes from the newest checkpoint and saves every `ckpt.every` steps and at the end.
+    `on_step(step)` is called before each step (progress hooks, tests).
 
     `after_step(k)` is called with k = optimizer steps done: once before training (k = 0, fresh start only) and
     after every update. It returns None, "checkpoint" (save a checkpoint now — the caller recorded something in
@@ -289,8 +319,8 @@ def fit(named: list[tuple[str, torch.nn.Parameter]], plan: list, loss_fn, r: Rec
         stopped = True
         if ckpt is not None:
             ckpt.save(0, named, opt, sched, plan, losses, extra, stopped=True)
-    bar = tqdm(range(start, total if not stopped else start), initial=start, total=total, desc=desc, leave=leave,
-               mininterval=2)
+    bar = progress.bar(range(start, total if not stopped else start), initial=start, total=total, desc=desc,
+                       leave=leave, unit="step")
     for step in bar:
         if on_step is not None:
             on_step(step)
@@ -298,14 +328,22 @@ def fit(named: list[tuple[str, torch.nn.Parameter]], plan: list, loss_fn, r: Rec
         loss, parts = loss_fn(plan[step])
         losses.append({"step": step, "lr": lr, **parts})
         if not math.isfinite(parts["loss"]):
+            losses[-1]["diverged"] = "loss"
             status = "diverged"
             break
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if r.clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, r.clip)
+        norm = grad_norm(params, r.clip)
+        if not math.isfinite(norm):
+            losses[-1].update(diverged="gradient", grad_norm=norm)
+            status = "diverged"
+            break
         opt.step()
         sched.step()
+        if not all_finite(params):
+            losses[-1].update(diverged="weights", weights_restored=False)
+            status = "diverged"
+            break
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean([x['loss'] for x in losses[-20:]]):.3f}")
         flag = after_step(step + 1) if after_step is not None else None
@@ -373,12 +411,23 @@ class Checkpoints:
                 shutil.rmtree(old)
 
     def resume(self, named, opt, sched, plan, extra: dict | None = None) -> tuple[int, list[dict], bool]:
-        """(step, losses so far, stopped) of the newest checkpoint, its state loaded; `extra` updated in place."""
-        from safetensors.torch import load_file
-
+        """(step, losses so far, stopped) of the newest checkpoint, its state loaded; `extra` updated in place. A
+        damaged checkpoint is one line naming it (delete the folder: the training restarts from step 0)."""
         folder = self.latest()
         if folder is None:
             return 0, [], False
+        try:
+            return self._load(folder, named, opt, sched, plan, extra)
+        except PulseError:
+            raise
+        except Exception as e:  # truncated / garbled JSON or safetensors, missing keys or tensors
+            why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+            raise PulseError(f"{folder}: damaged checkpoint ({why}); delete {self.folder} and rerun the same "
+                             f"command to restart that training from its beginning") from None
+
+    def _load(self, folder, named, opt, sched, plan, extra) -> tuple[int, list[dict], bool]:
+        from safetensors.torch import load_file
+
         state = json.loads((folder / "state.json").read_text())
         if state["plan"] != _plan_hash(plan) or state["names"] != [n for n, _ in named]:
             raise PulseError(f"{folder}: checkpoint belongs to another training (different data, recipe or model); "
@@ -507,6 +556,10 @@ def unlearn_request(model, enc: Encoder, method_name: str, target: str, forget: 
     if len(forget_plan) != budget_steps or after_step is not None:
         info.update({"plan_steps": len(forget_plan),
                      "steps_done": len(losses) - (status == "diverged")})
+    if status == "diverged":  # fit's record of the step that diverged: loss, gradient or weights non-finite
+        info["diverged"] = {"step": losses[-1]["step"], "reason": losses[-1].get("diverged", "loss"),
+                            "weights": "not restored" if losses[-1].get("diverged") == "weights"
+                            else "the last finite ones (that step's update not applied)"}
     if save_to is not None:
         save_to = Path(save_to)
         if lora:

@@ -21,7 +21,8 @@ INTERRUPTED_BY_COMMAND = {"run": INTERRUPTED, "finetune": INTERRUPTED,
 DISK_FULL = "free some space and rerun the same command to resume (files written before are intact)"
 
 COMMANDS = {
-    "run": "run the PULSE protocol (default: the mini world, 3 scenarios x ga/ga_klr/npo, Table 3, 2 seeds)",
+    "run": "run the PULSE protocol (default: the mini world, 3 scenarios x ga/ga_klr/npo, Table 3, 3 seeds, "
+           "curves, matched forgetting, probes)",
     "finetune": "fine-tune a LLaVA checkpoint on the first N fictional people (MLLMU-Bench's recipe); resumable",
     "eval": "MCQ accuracy of a model on an MLLMU-Bench config, per modality (image / text)",
     "mmbench": "MMBench accuracy of a model: CircularEval and vanilla, overall and per category",

@@ -3,6 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= runs/mini
+WORKERS ?= 2
 
 $(BIN)/pulse: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -14,7 +15,7 @@ $(BIN)/pulse: pyproject.toml
 install: $(BIN)/pulse
 
 run: install
-	$(BIN)/pulse run --out $(OUT)
+	$(BIN)/pulse run --out $(OUT) --launcher local --workers $(WORKERS)
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -63,6 +63,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="a YAML config (default: the built-in mini config) and dotted overrides, e.g. seeds=[0]")
     r.add_argument("--out", type=Path, help="run directory (default runs/<config name>); rerun to resume")
     r.add_argument("--no-report", action="store_true", help="do not build the report at the end")
+    g = r.add_argument_group("where the cells run (README: running on a cluster)")
+    g.add_argument("--launcher", choices=["serial", "local", "slurm"], default="serial",
+                   help="serial: this process (default); local: --workers processes on this machine, one GPU each "
+                        "when there are GPUs; slurm: a submitit job array, one task per cell")
+    g.add_argument("--workers", type=_int_at_least(1), help="--launcher local: worker processes (default: one per "
+                   "GPU, else 2)")
+    g.add_argument("--cell", type=_int_at_least(0), help="run only the cell at this plan index (an array task; "
+                   "rerun without it to finish the run)")
+    g.add_argument("--print-sbatch", action="store_true", help="print a plain sbatch array script and exit")
+    for flag, kind, text in (("--partition", str, "SLURM partition"), ("--account", str, "SLURM account"),
+                             ("--gpus-per-task", _int_at_least(0), "GPUs per array task (default 1)"),
+                             ("--cpus-per-task", _int_at_least(1), "CPUs per array task"),
+                             ("--mem-gb", float, "memory per array task (GB)"),
+                             ("--time", _int_at_least(1), "time limit per array task, minutes (default 1440)"),
+                             ("--array-parallelism", _int_at_least(1), "array tasks running at once (default 32)")):
+        g.add_argument(flag, type=kind, help=text)
+    g.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], default="slurm",
+                   help="submitit executor: slurm, or its local/debug executors (tests, dry runs)")
 
     for name in ("eval", "mmbench"):
         e = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
@@ -243,13 +261,59 @@ def cmd_run(a) -> int:
     cfg = load_config(config, overrides)
     out = a.out or Path("runs") / cfg.name
     _preflight_run(cfg, out, f"--out {out}" if a.out else f"run directory {out}")
-    run_dir = run(cfg, out)
+    opts = _launch_options(a, cfg)
+    if a.print_sbatch:
+        from .launch import print_sbatch
+        print(print_sbatch(cfg, out, a.args, opts), end="")
+        return 0
+    if a.cell is not None:
+        run(cfg, out, only=[a.cell], finish=False)
+        print(f"cell {a.cell} done in {out}; rerun without --cell to finish the run")
+        return 0
+    if a.launcher == "local":
+        from .launch import local
+        run_dir = local(cfg, out, a.workers or _default_workers())
+    elif a.launcher == "slurm":
+        from .launch import slurm
+        run_dir = slurm(cfg, out, opts)
+    else:
+        run_dir = run(cfg, out, launcher={"name": "serial"})
     df = __import__("pandas").read_csv(run_dir / "results.csv")
     print(f"results: {run_dir / 'results.csv'} ({len(df)} rows)")
     if not a.no_report:
         from .report import build_report
         print(f"report:  {build_report([run_dir], run_dir / 'report')}")
     return 0
+
+
+SLURM_FLAGS = ("partition", "account", "gpus_per_task", "cpus_per_task", "mem_gb", "time", "array_parallelism")
+
+
+def _launch_options(a, cfg):
+    """The launcher's options, checked against each other and the plan before anything runs."""
+    from .launch import Slurm
+    from .protocol.runner import cells
+
+    slurm_given = [f"--{k.replace('_', '-')}" for k in SLURM_FLAGS if getattr(a, k) is not None]
+    if a.workers is not None and a.launcher != "local":
+        raise PulseError(f"--workers: only with --launcher local (this run: --launcher {a.launcher})")
+    if slurm_given and a.launcher != "slurm" and not a.print_sbatch:
+        raise PulseError(f"{slurm_given[0]}: only with --launcher slurm or --print-sbatch")
+    if a.cell is not None:
+        n = len(cells(cfg))
+        if a.launcher != "serial" or a.print_sbatch:
+            raise PulseError("--cell: runs one cell in this process; not with --launcher or --print-sbatch")
+        if a.cell >= n:
+            raise PulseError(f"--cell {a.cell}: this run has {n} cells (0 to {n - 1})")
+    given = {k: getattr(a, k) for k in SLURM_FLAGS if getattr(a, k) is not None}
+    if "time" in given:
+        given["time_min"] = given.pop("time")
+    return Slurm(**given, cluster=a.slurm_cluster)
+
+
+def _default_workers() -> int:
+    import torch
+    return torch.cuda.device_count() or 2
 
 
 def _check_device(a) -> None:

@@ -268,7 +268,7 @@ def test_disk_full_during_a_run_is_one_line_and_earlier_results_stay(capsys, tmp
     out.mkdir()
     (out / "results.csv").write_text("earlier results\n")
 
-    def run(cfg, out):
+    def run(cfg, out, **launch):
         monkeypatch.setattr(os, "fsync", _enospc)
         atomic_write_text(out / "results.csv", "new\n")
 
@@ -278,7 +278,7 @@ def test_disk_full_during_a_run_is_one_line_and_earlier_results_stay(capsys, tmp
     assert "free some space and rerun the same command to resume" in line
     assert (out / "results.csv").read_text() == "earlier results\n"
 
-    def log_write(cfg, out):  # a write outside fsutil (e.g. the run log): the OSError itself
+    def log_write(cfg, out, **launch):  # a write outside fsutil (e.g. the run log): the OSError itself
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "run.log"))
 
     monkeypatch.setattr(pulse.protocol.runner, "run", log_write)

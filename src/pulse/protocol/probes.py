@@ -73,6 +73,7 @@ from ..fsutil import atomic_write_json
 from ..models.batches import forward
 from ..unlearn.loop import batch_plan, finish, fit, prepare
 from ..unlearn.losses import nll
+from . import claims
 from . import fingerprint as F
 from . import stored as S
 
@@ -241,6 +242,11 @@ def relearn_control(ctx, scenario: str, seed: int, sets: dict, forget_of) -> tup
     models (same recipe, same seed), on D_unlearn (fine-tuned knowledge) or on the least-known celebrities
     (pre-trained knowledge)."""
     path = _cache(ctx, scenario, "probe_control", seed)
+    with claims.claim(path.with_suffix(".lock")):  # computed once, whichever cell gets there first
+        return _relearn_control(ctx, path, scenario, seed, sets, forget_of)
+
+
+def _relearn_control(ctx, path: Path, scenario: str, seed: int, sets: dict, forget_of) -> tuple[dict, list[dict]]:
     if path.is_file():
         payload = S.read(path)
         with S.reading(path):
@@ -445,17 +451,18 @@ def routes_probe(ctx, scenario: str, seed: int, lm, enc, sets: dict, ref: dict, 
     request-0 model (cached once per scenario and seed as cells/<scenario>/probe_routes_request0__seed<S>.json)."""
     facts, test, test_images, routes, unavailable = _route_setup(ctx, scenario, seed, sets)
     path = _cache(ctx, scenario, "probe_routes_request0", seed)
-    if path.is_file():
-        request0 = F.unstamped(S.read(path))
-        if any(r not in request0 for r in routes):
-            raise S.damaged(path, f"no route {next(r for r in routes if r not in request0)!r}")
-    else:
-        ctx.log(f"routes probe: request-0 model, {scenario} seed {seed}")
-        lm0, enc0 = ctx.model(_phase(scenario))
-        with progress.stage("request-0 model"):
-            request0 = _route_predictions(ctx, lm0, enc0, sets, facts, test, test_images, routes,
-                                          ref["mcq"]["predictions"])
-        atomic_write_json(path, F.stamped(ctx, path, request0))
+    with claims.claim(path.with_suffix(".lock")):  # computed once, whichever cell gets there first
+        if path.is_file():
+            request0 = F.unstamped(S.read(path))
+            if any(r not in request0 for r in routes):
+                raise S.damaged(path, f"no route {next(r for r in routes if r not in request0)!r}")
+        else:
+            ctx.log(f"routes probe: request-0 model, {scenario} seed {seed}")
+            lm0, enc0 = ctx.model(_phase(scenario))
+            with progress.stage("request-0 model"):
+                request0 = _route_predictions(ctx, lm0, enc0, sets, facts, test, test_images, routes,
+                                              ref["mcq"]["predictions"])
+            atomic_write_json(path, F.stamped(ctx, path, request0))
     after = _route_predictions(ctx, lm, enc, sets, facts, test, test_images, routes,
                                cell["mcq"]["predictions"] if cell else None)
     n_dropped = sum(1 for fs in facts.values() for f in fs
@@ -507,14 +514,15 @@ def quant_probe(ctx, scenario: str, seed: int, lm, enc, sets: dict, ref: dict, m
     seed as cells/<scenario>/probe_quant_request0__seed<S>.json). `ref` is unused (kept for a uniform call)."""
     bits_list = list(ctx.cfg.probes.quant_bits)
     path = _cache(ctx, scenario, "probe_quant_request0", seed)
-    request0 = F.unstamped(S.read(path)) if path.is_file() else {}
-    missing = [b for b in bits_list if str(b) not in request0]
-    if missing:
-        ctx.log(f"quant probe: request-0 model, {scenario} seed {seed}")
-        lm0, enc0 = ctx.model(_phase(scenario))
-        with progress.stage("request-0 model"):
-            request0.update(_quant_predictions(ctx, lm0, enc0, sets, missing))
-        atomic_write_json(path, F.stamped(ctx, path, request0))
+    with claims.claim(path.with_suffix(".lock")):  # computed once, whichever cell gets there first
+        request0 = F.unstamped(S.read(path)) if path.is_file() else {}
+        missing = [b for b in bits_list if str(b) not in request0]
+        if missing:
+            ctx.log(f"quant probe: request-0 model, {scenario} seed {seed}")
+            lm0, enc0 = ctx.model(_phase(scenario))
+            with progress.stage("request-0 model"):
+                request0.update(_quant_predictions(ctx, lm0, enc0, sets, missing))
+            atomic_write_json(path, F.stamped(ctx, path, request0))
     after = _quant_predictions(ctx, lm, enc, sets, bits_list)
     payload = {"probe": "quant", "meta": meta, "scheme": SCHEME, "layers": "every Linear except lm_head",
                "bits": bits_list, "splits": {name: _ids(people) for name, (people, _) in sets.items()},

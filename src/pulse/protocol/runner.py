@@ -1,7 +1,9 @@
 """`pulse run`: the PULSE protocol as one resumable, append-only run directory.
 
-Reads top to bottom: resolve data and models -> manifest -> for every seed and scenario: evaluate the model before
-unlearning (request 0), then for every method × target run the requests, evaluating after each -> results.csv.
+Reads top to bottom: resolve data and models -> manifest -> for every cell (seed × scenario × method × target, in
+the plan's order): the scenario's shared files (request 0: the model before unlearning; the never-learned reference),
+then the cell's requests, evaluating after each -> results.csv. Cells are claimed (protocol/claims.py), so any
+number of processes can share one run directory (launchers: pulse/launch.py).
 
 Run directory:
     manifest.json                 resolved config, seeds, versions, git commit, selection, splits, folds
@@ -13,6 +15,7 @@ Run directory:
     cells/<scenario>/reference__seed<S>.json                   never-learned reference (matched forgetting)
     cells/<scenario>/sweep__seed<S>.json                       equal-search-budget winners
     results.csv                   tidy table rebuilt from the cells after each one
+    **/*.lock                     claims of cells and shared files being computed (removed when done)
 Every file is written atomically. A rerun skips every completed evaluation; a sequence resumes from its last
 completed request by re-applying the saved adapters — the same arithmetic as the uninterrupted run, so the same
 results.csv. Every cell file, selection.json and in-request checkpoint carries a fingerprint of what made it (the
@@ -41,10 +44,11 @@ import platform
 import shutil
 import subprocess
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .. import __version__, progress
 from ..config import RunConfig, to_dict
@@ -59,6 +63,7 @@ from ..models.batches import Encoder
 from ..models.load import default_scoring, load_model, resolve_device, resolve_dtype
 from ..models.templates import MLLMU
 from ..unlearn.loop import Checkpoints, steps_for, unlearn_request
+from . import claims
 from . import curves as C
 from . import fingerprint as F
 from . import stored as S
@@ -76,6 +81,7 @@ class Context:
 
     def __init__(self, cfg: RunConfig, out: Path, log):
         self.cfg, self.out, self.log = cfg, out, log
+        self.shared = {}  # (scenario, seed) -> the cells' shared inputs (runner._scenario)
         if cfg.uses_mini:
             from ..mini.cache import ensure_mini
             world = ensure_mini(cfg.mini, log=log)
@@ -361,81 +367,177 @@ def _versions() -> dict:
             "peft": peft.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
 
 
-def run(cfg: RunConfig, out: str | Path, log=print) -> Path:
-    """Run (or resume) the protocol into `out`. Returns the run directory."""
+@dataclass(frozen=True)
+class Cell:
+    """The unit of work: one scenario × method × target × seed, with all its requests and probes. `run_cell` runs
+    it into the run directory; launchers only decide where that happens."""
+    scenario: str
+    method: str
+    target: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario}/{self.method}__{self.target}__seed{self.seed}"
+
+
+def cells(cfg: RunConfig) -> list[Cell]:
+    """Every cell of the run, in the plan's order (seed, scenario, then method × target as `_plan`)."""
+    plan = _plan(cfg)
+    return [Cell(s, m, t, seed) for seed in cfg.seeds for s in cfg.scenarios for m, t in plan[s]]
+
+
+def run(cfg: RunConfig, out: str | Path, log=print, *, only: list[int] | None = None, finish: bool = True,
+        launcher: dict | None = None, started: tuple | None = None) -> Path:
+    """Run (or resume) the protocol into `out`: every cell of the plan (or, for an array task, the cells `only`,
+    by plan index), then — with `finish` — the run's own files (sweep winners, results.csv, end of manifest).
+
+    Safe beside other processes on the same `out` (local workers, a job array, a second `pulse run`): a cell is
+    claimed while worked on (protocol/claims.py; a dead worker's claim is taken over), a shared file (selection,
+    request 0, the never-learned reference) is computed by one process while the others wait, the manifest is
+    updated under its own claim, and results.csv is rebuilt from the cells — the same bytes as one process.
+    `started`: what `start` returned, when the caller (a launcher) already ran it."""
     out = Path(out)
+    ctx, t0 = started or start(cfg, out, log, launcher)
+    plan = cells(cfg)
+    todo = plan if only is None else [plan[i] for i in only]
+    bar = progress.bar(total=len(todo), desc="PULSE cells", leave=True, unit="cell")
+    waiting = []
+    for cell in todo:  # first pass: every cell nobody else is working on
+        if run_cell(ctx, cell, wait=False):
+            bar.update(1)
+        else:
+            waiting.append(cell)
+    for cell in waiting:  # then wait for the others' cells, taking over any whose worker died
+        run_cell(ctx, cell, wait=True)
+        bar.update(1)
+    bar.close()
+    if finish:
+        finish_run(ctx, t0)
+    return out
+
+
+def start(cfg: RunConfig, out: Path, log, launcher: dict | None = None) -> tuple[Context, float]:
+    """Check what is on disk, resolve data and models, write (or amend) manifest.json; (context, start time)."""
     out.mkdir(parents=True, exist_ok=True)
     log = _tee(log, out / "run.log")
-    manifest_path = out / "manifest.json"
-    resolved = to_dict(cfg)
-    if manifest_path.is_file():  # a changed config is checked file by file (fingerprints), below
-        manifest = json.loads(manifest_path.read_text())
-        log(f"resuming run in {out}")
-    else:
-        manifest = {"config": resolved, "seeds": cfg.seeds, "versions": _versions(), "git_commit": _git_commit(),
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "reference": "the model before each request (a fresh LoRA adapter per request, merged after it)"}
     t0 = time.time()
+    resolved = to_dict(cfg)
     S.check_files(F.plan_files(out, cfg, _plan(cfg)))  # a damaged stored file: one line, before anything loads
     ctx = Context(cfg, out, log)
     for warning in F.verify(ctx, _plan(cfg)):  # before anything is computed or written; refuses a mismatch
         log(warning)
-    changed = F.changed_keys(manifest.get("config") or {}, resolved)
-    if changed:  # e.g. a method or seed added: the manifest describes the run as it is now
-        manifest.setdefault("amended", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": changed})
-        manifest.update(config=resolved, seeds=cfg.seeds)
-        log(f"config changed since this run started ({', '.join(changed)}); the files reused match it")
-    manifest.update({"data": ctx.paths, "models": {k: str(v) for k, v in ctx.models.items()},
-                     "mmbench_scoring": ctx.scoring, "mmbench_subset_groups": cfg.eval.mmbench_groups,
-                     "protocol": _protocol_record(cfg, ctx)})
-    if ctx.world is not None:
-        manifest["mini_world"] = {"path": str(ctx.world),
-                                  "build": json.loads((ctx.world / "build.json").read_text())["accuracy"]}
-    atomic_write_json(manifest_path, manifest)
 
-    plan = _plan(cfg)
-    selection = _selection(ctx) if "pretrained" in cfg.scenarios else None
-    if selection:
-        manifest["selected_celebrities"] = [{"id": i, "accuracy": selection["accuracy"][i]}
-                                            for i in selection["selected"]]
-    manifest.setdefault("splits", {})
-    manifest.setdefault("folds", {})
-    bar = progress.bar(total=sum(len(v) for v in plan.values()) * len(cfg.seeds), desc="PULSE cells", leave=True,
-                       unit="cell")
-    for seed in cfg.seeds:
-        for scenario in cfg.scenarios:
-            unlearn, retain, folds, phase, forget_of = _scenario_sets(ctx, scenario, seed, selection)
-            manifest["splits"][f"{scenario}/seed{seed}"] = {"unlearn": [p.id for p in unlearn],
-                                                            "retain": [p.id for p in retain]}
-            if folds:
-                manifest["folds"][f"seed{seed}"] = [[p.id for p in f] for f in folds]
-            atomic_write_json(manifest_path, manifest)
-            ref = _request0(ctx, scenario, seed, phase, unlearn, retain, folds)
-            stop = _stop_target(ctx, scenario, seed, unlearn, retain, selection)
-            if stop:
-                manifest.setdefault("matched_targets", {})[f"{scenario}/seed{seed}"] = \
-                    {k: stop[k] for k in ("reference", "margin", "target", "n")}
-                atomic_write_json(manifest_path, manifest)
-            for method, target in plan[scenario]:
-                _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref, stop)
-                log(f"done: {scenario} {method} {target} seed {seed}")
-                bar.update(1)
-                write_results(out)
-            if cfg.sweep and scenario in MATCHED_SCENARIOS:
-                manifest.setdefault("sweep", {})[f"{scenario}/seed{seed}"] = _sweep(ctx, scenario, seed)
-                atomic_write_json(manifest_path, manifest)
-    bar.close()
+    def begin(manifest: dict) -> None:
+        if not manifest:
+            manifest.update({"config": resolved, "seeds": cfg.seeds, "versions": _versions(),
+                             "git_commit": _git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                             "reference": "the model before each request (a fresh LoRA adapter per request, "
+                                          "merged after it)"})
+        else:
+            log(f"resuming run in {out}")
+        changed = F.changed_keys(manifest.get("config") or {}, resolved)
+        if changed:  # e.g. a method or seed added: the manifest describes the run as it is now
+            manifest.setdefault("amended", []).append({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": changed})
+            manifest.update(config=resolved, seeds=cfg.seeds)
+            log(f"config changed since this run started ({', '.join(changed)}); the files reused match it")
+        manifest.update({"data": ctx.paths, "models": {k: str(v) for k, v in ctx.models.items()},
+                         "mmbench_scoring": ctx.scoring, "mmbench_subset_groups": cfg.eval.mmbench_groups,
+                         "protocol": _protocol_record(cfg, ctx)})
+        if launcher:
+            manifest["launcher"] = launcher
+        manifest.setdefault("workers", []).append({**claims.owner(), "device": ctx.device["device"],
+                                                   "torch_threads": torch.get_num_threads()})
+        if ctx.world is not None:
+            manifest["mini_world"] = {"path": str(ctx.world),
+                                      "build": json.loads((ctx.world / "build.json").read_text())["accuracy"]}
+    update_manifest(out, begin)
+    return ctx, t0
+
+
+def update_manifest(out: Path, change) -> None:
+    """Read manifest.json, apply `change(manifest)` in place, write it back — under the manifest's claim, so
+    processes sharing the run directory never lose each other's entries."""
+    path = out / "manifest.json"
+    with claims.claim(out / "manifest.lock"):
+        manifest = json.loads(path.read_text()) if path.is_file() else {}
+        change(manifest)
+        atomic_write_json(path, manifest)
+
+
+def run_cell(ctx: Context, cell: Cell, wait: bool = True) -> bool:
+    """Run one cell into the run directory (its scenario's shared files first), resuming whatever is on disk.
+    False when `wait` is False and another live process holds the cell's claim."""
+    shared = _scenario(ctx, cell.scenario, cell.seed)
+    folder = ctx.out / "cells" / cell.scenario / f"{cell.method}__{cell.target}__seed{cell.seed}"
+    with claims.claim(folder.with_name(folder.name + ".lock"), wait=wait) as held:
+        if not held:
+            return False
+        if _cell(ctx, cell.scenario, cell.method, cell.target, cell.seed, *shared):
+            ctx.log(f"done: {cell.scenario} {cell.method} {cell.target} seed {cell.seed}")
+            write_results(ctx.out)
+    return True
+
+
+def _scenario(ctx: Context, scenario: str, seed: int) -> tuple:
+    """The shared inputs of a scenario × seed's cells — (phase, unlearn, retain, folds, forget_of, request-0
+    record, matched-forgetting target) — computed once per run directory under claims, once per process in memory."""
+    memo = ctx.shared
+    if (scenario, seed) in memo:
+        return memo[(scenario, seed)]
+    selection = None
+    if scenario == "pretrained":
+        with claims.claim(ctx.out / "selection.lock"):
+            selection = _selection(ctx)
+    unlearn, retain, folds, phase, forget_of = _scenario_sets(ctx, scenario, seed, selection)
+    base = ctx.out / "cells" / scenario
+    if scenario == "sustainability" and "finetuned" in ctx.cfg.scenarios:
+        _scenario(ctx, "finetuned", seed)  # its request 0 is this scenario's too: compute it there first
+    if seed != ctx.cfg.seeds[0]:
+        for s in ctx.cfg.scenarios:  # later seeds reuse the first seed's MMBench: make sure it is written
+            if PHASE[s] == phase:
+                _scenario(ctx, s, ctx.cfg.seeds[0])
+                break
+    with claims.claim(base / f"request0__seed{seed}.lock"):
+        ref = _request0(ctx, scenario, seed, phase, unlearn, retain, folds)
+    with claims.claim(base / f"reference__seed{seed}.lock"):
+        stop = _stop_target(ctx, scenario, seed, unlearn, retain, selection)
+
+    def record(manifest: dict) -> None:
+        if selection:
+            manifest["selected_celebrities"] = [{"id": i, "accuracy": selection["accuracy"][i]}
+                                                for i in selection["selected"]]
+        manifest.setdefault("splits", {})[f"{scenario}/seed{seed}"] = {"unlearn": [p.id for p in unlearn],
+                                                                      "retain": [p.id for p in retain]}
+        if folds:
+            manifest.setdefault("folds", {})[f"seed{seed}"] = [[p.id for p in f] for f in folds]
+        if stop:
+            manifest.setdefault("matched_targets", {})[f"{scenario}/seed{seed}"] = \
+                {k: stop[k] for k in ("reference", "margin", "target", "n")}
+    update_manifest(ctx.out, record)
+    memo[(scenario, seed)] = (phase, unlearn, retain, folds, forget_of, ref, stop)
+    return memo[(scenario, seed)]
+
+
+def finish_run(ctx: Context, t0: float) -> None:
+    """After every cell: sweep winners, adapters and stale checkpoints cleaned up, manifest closed, results.csv."""
+    cfg, out = ctx.cfg, ctx.out
+    sweeps = {f"{s}/seed{seed}": _sweep(ctx, s, seed) for seed in cfg.seeds for s in cfg.scenarios
+              if cfg.sweep and s in MATCHED_SCENARIOS}
     if not cfg.save_adapters:
         for folder in out.glob("cells/*/*/request*.adapter"):
-            shutil.rmtree(folder)
+            shutil.rmtree(folder, ignore_errors=True)
     for folder in out.glob("cells/*/*/.request*.progress"):  # left by a request killed and never resumed
-        shutil.rmtree(folder)
-    manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    manifest["duration_s"] = round(manifest.get("duration_s", 0) + time.time() - t0, 1)
-    atomic_write_json(manifest_path, manifest)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def close(manifest: dict) -> None:
+        if sweeps:
+            manifest.setdefault("sweep", {}).update(sweeps)
+        manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        manifest["duration_s"] = round(manifest.get("duration_s", 0) + time.time() - t0, 1)
+    update_manifest(out, close)
     write_results(out)
-    log(f"finished in {manifest['duration_s']} s")
-    return out
+    ctx.log(f"finished in {round(time.time() - t0, 1)} s")
 
 
 def _tee(log, path: Path):
@@ -630,7 +732,7 @@ def _stop_target(ctx, scenario, seed, unlearn, retain, selection) -> dict | None
 
 # --- one cell: its requests, each with its curve and matched point ---------------------------------------------------
 
-def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref, stop=None) -> None:
+def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref, stop=None) -> bool:
     """All requests of one scenario × method × target × seed, resuming at the first request without a file (and
     inside a request, from its last in-request checkpoint), then the probes.
 
@@ -640,24 +742,24 @@ def _cell(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, fo
     logged when not; every request after R is recomputed and compared the same way and probes.json is recomputed
     unless the last request's file was confirmed, so a cell never mixes two trajectories. A diverged request ends
     the cell: its rows say diverged with empty accuracy, later requests of a sequence are not run (their rows in
-    results.csv: status diverged, accuracy empty), the cell gets no probes; a rerun leaves it as it is."""
+    results.csv: status diverged, accuracy empty), the cell gets no probes; a rerun leaves it as it is.
+    True when something was computed."""
     cell = _CellRun(ctx, scenario, method, target, seed, phase, unlearn, retain, folds, forget_of, ref, stop)
     n = len(cell.requests)
     end = next((r for r in sorted(cell.stored) if cell.stored[r]["status"] == "diverged"), n)
     missing = [r for r in range(1, end + 1) if r not in cell.stored]
     if not missing and not cell.probes_due():
-        return
+        return False  # nothing to do: every file is on disk
     model = None
     if missing:
         model = cell.model_after(missing[0] - 1)
         for r in range(missing[0], n + 1):
             if cell.ended:
-                return
+                return True
             model = cell.compute(r, model)
-    if cell.ended:
-        return
-    if cell.probes_due():
+    if not cell.ended and cell.probes_due():
         cell.probes(model)
+    return True
 
 
 class _CellRun:

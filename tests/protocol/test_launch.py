@@ -1,0 +1,166 @@
+"""Issue 9: cells fan out over processes (local workers, submitit job arrays, several `pulse run` on one directory)
+and give the same results.csv, byte for byte, as one serial run; claims are taken over from dead workers."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pulse.cli import main
+from pulse.protocol import claims
+from pulse.protocol.runner import cells
+
+from ..conftest import ROOT, SMALL_CONFIG
+
+HOLD = """
+import sys, time
+from pulse.protocol import claims
+with claims.claim(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(path, seconds):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_claim_is_exclusive_names_its_owner_and_is_removed_after(tmp_path):
+    path = tmp_path / "cell.lock"
+    with claims.claim(path, wait=False) as first:
+        assert first
+        with claims.claim(path, wait=False) as second:  # another open file description: refused, not re-entered
+            assert not second
+        owner = json.loads(path.read_text())
+        assert owner["pid"] == os.getpid() and owner["host"] and owner["started"]
+    assert not path.exists()
+    assert claims.holder(path) is None
+
+
+def test_a_dead_workers_claim_is_taken_over_and_a_live_one_is_waited_for(tmp_path):
+    path = tmp_path / "cell.lock"
+    proc = _holder(path, 60)
+    assert claims.holder(path)["pid"] == proc.pid
+    with claims.claim(path, wait=False) as got:
+        assert not got
+    proc.send_signal(signal.SIGKILL)  # the lock file stays behind, its lock is gone with the process
+    proc.wait()
+    assert path.exists() and claims.holder(path) is None
+    with claims.claim(path, wait=False) as got:
+        assert got and json.loads(path.read_text())["pid"] == os.getpid()
+
+    proc = _holder(path, 1.0)
+    t = time.time()
+    with claims.claim(path, wait=True) as got:  # blocks until the holder lets go
+        assert got and time.time() - t > 0.5
+    assert proc.wait() == 0
+
+
+def _results(run):
+    return (run / "results.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_local_workers_give_the_serial_results_byte_for_byte(small_run, tmp_path):
+    out = tmp_path / "local"
+    assert main(["run", str(SMALL_CONFIG), "--out", str(out), "--no-report", "--launcher", "local",
+                 "--workers", "2"]) == 0
+    assert _results(out) == _results(small_run)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["launcher"]["name"] == "local" and m["launcher"]["workers"] == 2
+    pids = {w["pid"] for w in m["workers"]}
+    assert len(pids) == 3 and all(w["host"] for w in m["workers"])  # the launcher and its two workers
+    assert not list(out.rglob("*.lock"))
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_one_killed_mid_cell_give_the_serial_results(small_run, tmp_path):
+    """Two `pulse run` on one --out; one is SIGKILLed while it holds a cell; the other takes the cell over."""
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "pulse.cli", "run", str(SMALL_CONFIG), "--out", str(out), "--no-report"]
+    env = {**os.environ, "PULSE_PROGRESS": "0"}
+    victim = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    other = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    locks = [out / "cells" / c.scenario / f"{c.method}__{c.target}__seed{c.seed}.lock"
+             for c in cells(_cfg())]
+    deadline, killed = time.time() + 300, None
+    while killed is None and time.time() < deadline and victim.poll() is None:
+        for lock in locks:
+            if (claims.holder(lock) or {}).get("pid") == victim.pid:
+                victim.send_signal(signal.SIGKILL)
+                killed = lock
+                break
+        time.sleep(0.02)
+    assert killed is not None, "the victim never held a cell"
+    victim.wait()
+    log, _ = other.communicate(timeout=600)
+    assert other.returncode == 0, log
+    assert _results(out) == _results(small_run)
+    assert not list(out.rglob("*.lock"))
+
+
+def _cfg():
+    from pulse.config import load_config
+    return load_config(SMALL_CONFIG)
+
+
+SUBSET = ["scenarios=[sustainability]", "methods=[ga,npo]"]  # 2 cells of the small config, 2 requests each
+
+
+@pytest.mark.slow
+def test_a_submitit_job_array_gives_the_serial_results(small_world, tmp_path):
+    """submitit's local executor: one process per array task (as SLURM would start them), then the launcher
+    finishes the run; the same bytes as a serial run."""
+    serial, array = tmp_path / "serial", tmp_path / "array"
+    assert main(["run", str(SMALL_CONFIG), *SUBSET, "--out", str(serial), "--no-report"]) == 0
+    assert main(["run", str(SMALL_CONFIG), *SUBSET, "--out", str(array), "--no-report", "--launcher", "slurm",
+                 "--slurm-cluster", "local", "--time", "30", "--cpus-per-task", "1"]) == 0
+    assert _results(array) == _results(serial)
+    m = json.loads((array / "manifest.json").read_text())
+    assert m["launcher"]["name"] == "slurm" and m["launcher"]["cluster"] == "local"
+    assert len({w["pid"] for w in m["workers"]}) == 3  # one task per cell + the launcher
+    assert list((array / "slurm").glob("*_result.pkl"))  # submitit's own files stay in slurm/
+
+
+def test_print_sbatch_writes_one_array_task_per_cell(small_world, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", str(SMALL_CONFIG), "seeds=[0,1]", "--out", str(out), "--print-sbatch",
+                 "--partition", "gpu", "--time", "90", "--array-parallelism", "4"]) == 0
+    script = capsys.readouterr().out
+    n = 2 * len(cells(_cfg()))
+    assert script.startswith("#!/bin/bash\n")
+    for line in (f"#SBATCH --array=0-{n - 1}%4", "#SBATCH --partition=gpu", "#SBATCH --time=90",
+                 "#SBATCH --gpus-per-task=1", "#SBATCH --requeue"):
+        assert line + "\n" in script
+    assert f"--out {out} --no-report --cell \"$SLURM_ARRAY_TASK_ID\"" in script
+    assert "'seeds=[0,1]'" in script  # overrides quoted for the shell
+    assert not out.exists()  # printing runs nothing
+
+
+def test_cell_runs_one_cell_and_leaves_the_rest(small_world, tmp_path, capsys):
+    out = tmp_path / "one"
+    args = ["run", str(SMALL_CONFIG), "--out", str(out), "--no-report", "scenarios=[sustainability]",
+            "methods=[ga,npo]"]
+    assert main([*args, "--cell", "1"]) == 0
+    assert (out / "cells" / "sustainability" / "npo__proj+llm__seed0" / "request2.json").is_file()
+    assert not (out / "cells" / "sustainability" / "ga__proj+llm__seed0").exists()
+    assert "rerun without --cell" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--workers", "2"], "--workers: only with --launcher local"),
+    (["--partition", "gpu"], "--partition: only with --launcher slurm or --print-sbatch"),
+    (["--cell", "99"], "--cell 99: this run has 10 cells (0 to 9)"),
+    (["--cell", "0", "--launcher", "local"], "--cell: runs one cell in this process"),
+])
+def test_launcher_flags_are_checked_before_anything_runs(small_world, tmp_path, capsys, flags, message):
+    out = tmp_path / "r"
+    assert main(["run", str(SMALL_CONFIG), "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (out / "manifest.json").exists()

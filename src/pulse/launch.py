@@ -65,6 +65,7 @@ def local(cfg, out: Path, workers: int, log=print) -> Path:
 def _worker(cfg, out: Path, index: int, gpu: str | None, threads: int) -> None:
     """One local worker: its GPU (or thread share), no progress bars (their lines would interleave), every cell
     it can claim. A user error ends the worker with its one-line message, as the CLI prints it."""
+    _die_with_parent()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything initialises CUDA in this fresh process
     os.environ["PULSE_PROGRESS"] = "0"
@@ -77,6 +78,17 @@ def _worker(cfg, out: Path, index: int, gpu: str | None, threads: int) -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def _die_with_parent() -> None:
+    """Linux: end this worker (SIGTERM) when the launching process dies, even by SIGKILL — no orphan keeps working
+    on a run its user believes stopped; its claims go with it. Elsewhere a no-op."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class CellTask:

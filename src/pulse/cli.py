@@ -323,8 +323,9 @@ def _check_device(a) -> None:
 
 
 def _load(a):
+    from .eval.parallel import rank_device
     from .models.load import load_model
-    return load_model(a.model, dtype=a.dtype, device=a.device, template=a.template,
+    return load_model(a.model, dtype=a.dtype, device=rank_device(a.device), template=a.template,
                       trust_remote_code=a.trust_remote_code)
 
 
@@ -332,7 +333,7 @@ def cmd_eval(a) -> int:
     """MLLMU-Bench classification on one ID list: demos drawn from that list (seeded), records from Full_Set;
     the celebrities (Retain_Set) zero-shot, as eval.py."""
     from .data.mllmu import CELEBRITY_SET, FULL_SET, read_people
-    from .eval.mcq import evaluate_mcq
+    from .eval.parallel import evaluate_mcq, is_main
 
     _check_output_file(a.predictions, "--predictions")
     _check_device(a)
@@ -356,6 +357,8 @@ def cmd_eval(a) -> int:
                              f"--demo-people 0 for zero-shot)") from None
     res = evaluate_mcq(lm, people, scoring=a.scoring, demo_people=demo_people, demo_seed=a.seed,
                        demo_source=demo_source, batch_size=a.batch_size)
+    if not is_main():  # a data-parallel launch (eval/parallel.py): the main process reports
+        return 0
     out = {"image": round(res.accuracy["image"], 2), "text": round(res.accuracy["text"], 2), "n": res.n,
            "scoring": a.scoring or lm.scoring, "demo_ids": res.demo_ids, "demo_people": demo_people,
            "config": a.config, "forget": a.forget, "device": str(lm.device),
@@ -374,7 +377,8 @@ def cmd_eval(a) -> int:
 
 def cmd_mmbench(a) -> int:
     from .data.mmbench import read_mmbench, require_answers
-    from .eval.mmbench import evaluate_mmbench, subset_groups
+    from .eval.mmbench import subset_groups
+    from .eval.parallel import evaluate_mmbench, is_main
 
     _check_output_file(a.predictions, "--predictions")
     _check_device(a)
@@ -387,6 +391,8 @@ def cmd_mmbench(a) -> int:
         items = subset_groups(items, a.groups, seed=0)
     res = evaluate_mmbench(_load(a), items, scoring=a.scoring, batch_size=a.batch_size,
                            max_new_tokens=a.max_new_tokens, image=a.image)
+    if not is_main():  # a data-parallel launch (eval/parallel.py): the main process reports
+        return 0
     res.pop("predictions")
     records = res.pop("records")
     if a.predictions:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import sys
 import warnings
@@ -52,6 +53,17 @@ def _int_at_least(low: int):
     return parse
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pulse", description="PULSE: practical evaluation of unlearning in LMMs.",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     for flag, kind, text in (("--partition", str, "SLURM partition"), ("--account", str, "SLURM account"),
                              ("--gpus-per-task", _int_at_least(0), "GPUs per array task (default 1)"),
                              ("--cpus-per-task", _int_at_least(1), "CPUs per array task"),
-                             ("--mem-gb", float, "memory per array task (GB)"),
+                             ("--mem-gb", _positive_float, "memory per array task (GB)"),
                              ("--time", _int_at_least(1), "time limit per array task, minutes (default 1440)"),
                              ("--array-parallelism", _int_at_least(1), "array tasks running at once (default 32)")):
         g.add_argument(flag, type=kind, help=text)

@@ -157,10 +157,16 @@ def test_cell_runs_one_cell_and_leaves_the_rest(small_world, tmp_path, capsys):
     (["--partition", "gpu"], "--partition: only with --launcher slurm or --print-sbatch"),
     (["--cell", "99"], "--cell 99: this run has 10 cells (0 to 9)"),
     (["--cell", "0", "--launcher", "local"], "--cell: runs one cell in this process"),
+    (["--launcher", "slurm", "--mem-gb", "nan"], "--mem-gb: must be a number > 0, got nan"),
+    (["--launcher", "local", "--workers", "0"], "--workers: must be an integer >= 1, got 0"),
 ])
 def test_launcher_flags_are_checked_before_anything_runs(small_world, tmp_path, capsys, flags, message):
     out = tmp_path / "r"
-    assert main(["run", str(SMALL_CONFIG), "--out", str(out), *flags]) == 2
+    try:
+        rc = main(["run", str(SMALL_CONFIG), "--out", str(out), *flags])
+    except SystemExit as e:  # argparse's own checks
+        rc = e.code
+    assert rc == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (out / "manifest.json").exists()

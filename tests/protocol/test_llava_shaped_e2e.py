@@ -11,6 +11,7 @@ test report (user properties) and printed (`pytest -s`).
 import json
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pandas as pd
@@ -57,13 +58,13 @@ def trimmed(small_world, tmp_path_factory):
 
 
 def _pulse(tmp_path, record_property, name, *args):
-    peak = tmp_path / f"{name}.peak"
+    peak, t0 = tmp_path / f"{name}.peak", time.time()
     proc = subprocess.run([sys.executable, "-c", WRAP, str(peak), *map(str, args)], capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
     mib = int(peak.read_text()) / 1024
     record_property(f"peak_rss_mib_{name}", round(mib))
-    print(f"{name}: peak RSS {mib:.0f} MiB")
+    print(f"{name}: peak RSS {mib:.0f} MiB, {time.time() - t0:.0f} s")
     return proc.stdout
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shlex
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def local(cfg, out: Path, workers: int, log=print) -> Path:
     launcher = {"name": "local", "workers": workers, "gpus": gpus, "torch_threads_per_worker": threads}
     started = runner.start(cfg, out, log, launcher)  # checks, the mini world, the manifest: once, before any worker
     spawn = multiprocessing.get_context("spawn")
-    procs = [spawn.Process(target=_worker, args=(cfg, out, i, str(i % gpus) if gpus else None, threads),
+    procs = [spawn.Process(target=_worker, args=(cfg, out, i, str(i % gpus) if gpus else None, threads,
+                                                 list(warnings.filters)),
                            name=f"pulse-worker-{i}") for i in range(workers)]
     try:
         for p in procs:
@@ -62,10 +64,12 @@ def local(cfg, out: Path, workers: int, log=print) -> Path:
     return runner.run(cfg, out, log, launcher=launcher, started=started)
 
 
-def _worker(cfg, out: Path, index: int, gpu: str | None, threads: int) -> None:
-    """One local worker: its GPU (or thread share), no progress bars (their lines would interleave), every cell
-    it can claim. A user error ends the worker with its one-line message, as the CLI prints it."""
+def _worker(cfg, out: Path, index: int, gpu: str | None, threads: int, filters: list) -> None:
+    """One local worker: its GPU (or thread share), the launcher's warning filters, no progress bars (their lines
+    would interleave), every cell it can claim. A user error ends the worker with its one-line message, as the CLI
+    prints it."""
     _die_with_parent()
+    warnings.filters[:] = filters
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything initialises CUDA in this fresh process
     os.environ["PULSE_PROGRESS"] = "0"

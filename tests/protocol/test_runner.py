@@ -382,24 +382,32 @@ def test_probes_run_after_the_last_request_and_resume(small_world, tmp_path):
 def test_probes_act_on_the_budget_model_when_training_went_on_for_matched_forgetting(small_world, tmp_path,
                                                                                        monkeypatch):
     """A request trained past its budget (matched forgetting not reached) ends on another model than the one its
-    budget rows describe; the probes must see the budget model (replayed), whose predictions are the cell's."""
+    budget rows describe; the probes must see the budget model, whose predictions are the cell's: kept from the
+    training (its LoRA weights at the budget) or, after a resume, replayed — the same weights bit for bit."""
+    import torch
+
     from pulse.protocol import runner
 
     seen = []
 
     def spy(ctx, scenario, seed, lm, enc, sets, ref, meta, forget_of, cell=None, folder=None):
-        seen.append((cell, ctx.mcq(lm, enc, sets)["predictions"]))
-        return {}
+        seen.append((cell, ctx.mcq(lm, enc, sets)["predictions"],
+                     {k: v.clone() for k, v in lm.model.state_dict().items()}))
+        return {}  # writes no probes.json: the next run calls the probes again, from the stored request
 
     monkeypatch.setattr(runner, "run_probes", spy)
     cfg = load_config(SMALL_CONFIG, ["scenarios=[finetuned]", "methods=[ga]", "table3_targets=[]", "eval.every=2",
                                      "unlearn.stop={rule: never_learned, margin: -100.0, max_steps: 8}",
                                      "unlearn.lr=0.01", "probes.run=[quant]", "probes.scenarios=[finetuned]"])
-    runner.run(cfg, tmp_path / "a", log=lambda *_: None)
-    (cell, preds), = seen
+    first, resumed = [], []
+    runner.run(cfg, tmp_path / "a", log=first.append)
+    runner.run(cfg, tmp_path / "a", log=resumed.append)  # the resumed run replays the request to its budget
+    assert not any("replaying" in line for line in first) and any("replaying" in line for line in resumed)
+    (cell, preds, kept), (_, preds2, replayed) = seen
     assert cell["training"]["steps_done"] == 8 > cell["training"]["steps"]  # went on to the cap
     key = lambda p: (p["person_id"], p["form"], p["index"], p["prediction"])
-    assert sorted(map(key, preds)) == sorted(map(key, cell["mcq"]["predictions"]))
+    assert sorted(map(key, preds)) == sorted(map(key, cell["mcq"]["predictions"])) == sorted(map(key, preds2))
+    assert kept.keys() == replayed.keys() and all(torch.equal(kept[k], replayed[k]) for k in kept)
 
 
 @pytest.mark.slow

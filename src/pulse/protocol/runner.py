@@ -62,7 +62,7 @@ from ..fsutil import atomic_write_json, atomic_write_text
 from ..models.batches import Encoder
 from ..models.load import default_scoring, load_model, resolve_device, resolve_dtype
 from ..models.templates import MLLMU
-from ..unlearn.loop import Checkpoints, steps_for, unlearn_request
+from ..unlearn.loop import Checkpoints, finish, prepare, steps_for, unlearn_request
 from . import claims
 from . import curves as C
 from . import fingerprint as F
@@ -778,6 +778,7 @@ class _CellRun:
         self.label = f"{scenario} {method} {target} seed {seed}"
         self.lm = self.enc = None
         self.changed = self.ended = False  # a recomputed request differed from its file / the cell ended
+        self.at_budget = {}  # request -> its LoRA weights at the budget, when it trained on past it (probes)
 
     def probes_due(self) -> bool:
         n = len(self.requests)
@@ -826,7 +827,8 @@ class _CellRun:
         request_seed = _seed(seed, scenario, method.split("@")[0], target, r)  # a sweep's variants share it
         budget = steps_for(len(forget_samples), ucfg)
         cap = (ctx.cfg.unlearn.stop.max_steps or budget) if stop else budget
-        track = _Track(ctx, lm, enc, self.sets, self.ref["halves"], before, budget, max(budget, cap), cap, stop)
+        track = _Track(ctx, lm, enc, self.sets, self.ref["halves"], before, budget, max(budget, cap), cap, stop,
+                       keep_lora=ucfg.mode == "lora")
         ckpt_dir = folder / f".request{r}.progress"
         if self.changed:  # a checkpoint of the trajectory the stored files came from
             shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -843,6 +845,8 @@ class _CellRun:
         tmp.rename(final)
         lm.model = model
         st = track.state
+        if track.lora_at_budget is not None:
+            self.at_budget[r] = track.lora_at_budget
         if st["budget"] is None:  # training ended at the budget (or diverged before it): the merged model
             if result.status == "ok":
                 with progress.stage(f"{scenario} {method} {target} seed {seed} request {r}/{n}"):
@@ -923,14 +927,21 @@ class _CellRun:
             if self.ended:
                 return
             ctx, lm = self.ctx, self.lm
-            ctx.log(f"probes: replaying {self.label} request {n} to its budget "
-                    f"({info['steps']} of {info['steps_done']} steps)")
-            model, _ = unlearn_request(model, self.enc, self.registered, self.target,
-                                       self.forget_of(self.requests[n - 1], lm.template), self.retain_samples,
-                                       self.ucfg, seed=_seed(self.seed, self.scenario, self.method.split("@")[0],
-                                                             self.target, n),
-                                       desc=f"{self.label} request {n} (replay)", max_steps=info["plan_steps"],
-                                       after_step=lambda k, _: "stop" if k >= info["steps"] else None)
+            seed = _seed(self.seed, self.scenario, self.method.split("@")[0], self.target, n)
+            if n in self.at_budget:  # this process trained it: its LoRA weights at the budget, merged as there
+                model, named, _ = prepare(model, self.target, self.ucfg, "lora", seed)
+                with torch.no_grad():
+                    for (_, p), kept in zip(named, self.at_budget.pop(n), strict=True):
+                        p.copy_(kept)
+                model = finish(model, "lora", self.ucfg)
+            else:  # resumed after the request was written: train it again to its budget (same seeded steps)
+                ctx.log(f"probes: replaying {self.label} request {n} to its budget "
+                        f"({info['steps']} of {info['steps_done']} steps)")
+                model, _ = unlearn_request(model, self.enc, self.registered, self.target,
+                                           self.forget_of(self.requests[n - 1], lm.template), self.retain_samples,
+                                           self.ucfg, seed=seed,
+                                           desc=f"{self.label} request {n} (replay)", max_steps=info["plan_steps"],
+                                           after_step=lambda k, _: "stop" if k >= info["steps"] else None)
         elif model is None:
             model = self.model_after(n)
             if self.ended:
@@ -961,9 +972,10 @@ class _Track:
     runs after the merge (`at_budget`), as a run without curves evaluates; only a request that goes on past the
     budget evaluates it in place (the adapter unmerged)."""
 
-    def __init__(self, ctx, lm, enc, sets, halves, before, budget, end, cap, stop):
+    def __init__(self, ctx, lm, enc, sets, halves, before, budget, end, cap, stop, keep_lora=False):
         self.ctx, self.lm, self.enc, self.sets, self.halves, self.before = ctx, lm, enc, sets, halves, before
         self.budget, self.end, self.cap, self.stop = budget, end, cap, stop
+        self.keep_lora, self.lora_at_budget = keep_lora, None  # the trainable LoRA weights at the budget
         self.every = ctx.cfg.eval.every
         self.unlearn_ids = {p.id for p in sets["unlearn"][0]}
         self.state = {"curve": [], "budget": None, "matched": None}
@@ -990,6 +1002,8 @@ class _Track:
             with in_eval() as m, progress.stage(f"step {k} (budget)"):
                 self.lm.model = m
                 mcq, mmb = ctx.evaluate(self.lm, self.enc, self.sets)
+                if self.keep_lora:  # for the probes, which measure the model at its budget (no replay needed)
+                    self.lora_at_budget = [p.detach().clone() for p in m.parameters() if p.requires_grad]
             st["budget"] = {"mcq": mcq, "mmbench": mmb}
             point, evaluated = self._point(k, mcq, mmb), True
         elif self.every and (k % self.every == 0 or k == self.end):

@@ -467,8 +467,11 @@ def update_manifest(out: Path, change) -> None:
 
 def run_cell(ctx: Context, cell: Cell, wait: bool = True) -> bool:
     """Run one cell into the run directory (its scenario's shared files first), resuming whatever is on disk.
-    False when `wait` is False and another live process holds the cell's claim."""
-    shared = _scenario(ctx, cell.scenario, cell.seed)
+    False when `wait` is False and another live process holds the cell's claim or one of its shared files' (the
+    caller goes on to another cell meanwhile)."""
+    shared = _scenario(ctx, cell.scenario, cell.seed, wait)
+    if shared is None:
+        return False
     folder = ctx.out / "cells" / cell.scenario / f"{cell.method}__{cell.target}__seed{cell.seed}"
     with claims.claim(folder.with_name(folder.name + ".lock"), wait=wait) as held:
         if not held:
@@ -479,28 +482,35 @@ def run_cell(ctx: Context, cell: Cell, wait: bool = True) -> bool:
     return True
 
 
-def _scenario(ctx: Context, scenario: str, seed: int) -> tuple:
+def _scenario(ctx: Context, scenario: str, seed: int, wait: bool = True) -> tuple | None:
     """The shared inputs of a scenario × seed's cells — (phase, unlearn, retain, folds, forget_of, request-0
-    record, matched-forgetting target) — computed once per run directory under claims, once per process in memory."""
+    record, matched-forgetting target) — computed once per run directory under claims, once per process in memory.
+    None when `wait` is False and another live process is computing one of them."""
     memo = ctx.shared
     if (scenario, seed) in memo:
         return memo[(scenario, seed)]
     selection = None
     if scenario == "pretrained":
-        with claims.claim(ctx.out / "selection.lock"):
+        with claims.claim(ctx.out / "selection.lock", wait) as held:
+            if not held:
+                return None
             selection = _selection(ctx)
     unlearn, retain, folds, phase, forget_of = _scenario_sets(ctx, scenario, seed, selection)
     base = ctx.out / "cells" / scenario
+    first = []
     if scenario == "sustainability" and "finetuned" in ctx.cfg.scenarios:
-        _scenario(ctx, "finetuned", seed)  # its request 0 is this scenario's too: compute it there first
-    if seed != ctx.cfg.seeds[0]:
-        for s in ctx.cfg.scenarios:  # later seeds reuse the first seed's MMBench: make sure it is written
-            if PHASE[s] == phase:
-                _scenario(ctx, s, ctx.cfg.seeds[0])
-                break
-    with claims.claim(base / f"request0__seed{seed}.lock"):
+        first.append(("finetuned", seed))  # its request 0 is this scenario's too: compute it there first
+    if seed != ctx.cfg.seeds[0]:  # later seeds reuse the first seed's MMBench: make sure it is written
+        first += [(s, ctx.cfg.seeds[0]) for s in ctx.cfg.scenarios if PHASE[s] == phase][:1]
+    if any(_scenario(ctx, s, k, wait) is None for s, k in first):
+        return None
+    with claims.claim(base / f"request0__seed{seed}.lock", wait) as held:
+        if not held:
+            return None
         ref = _request0(ctx, scenario, seed, phase, unlearn, retain, folds)
-    with claims.claim(base / f"reference__seed{seed}.lock"):
+    with claims.claim(base / f"reference__seed{seed}.lock", wait) as held:
+        if not held:
+            return None
         stop = _stop_target(ctx, scenario, seed, unlearn, retain, selection)
 
     def record(manifest: dict) -> None:

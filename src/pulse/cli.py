@@ -203,12 +203,8 @@ def _check_output_file(path: Path | None, flag: str) -> None:
 
 def _mini_key(cfg) -> str:
     """The cache key of the config's mini world (as ensure_mini computes it)."""
-    from dataclasses import replace
-
-    from .mini.build import PRESETS
-    from .mini.cache import world_key
-    preset = PRESETS[cfg.mini.size]
-    return world_key(replace(preset, world=replace(preset.world, seed=cfg.mini.seed), seed=cfg.mini.seed))
+    from .mini.cache import build_config, world_key
+    return world_key(build_config(cfg.mini))
 
 
 def _mini_world_built(cfg, root: Path) -> bool:

@@ -112,11 +112,16 @@ def shipped(cfg: BuildConfig, log=print, root: Path | None = None) -> Path | Non
     return None
 
 
+def build_config(mini_cfg) -> BuildConfig:
+    """The BuildConfig of a run config's `mini` section: its size's preset with its seed."""
+    preset = PRESETS[mini_cfg.size]
+    return replace(preset, world=replace(preset.world, seed=mini_cfg.seed), seed=mini_cfg.seed)
+
+
 def ensure_mini(mini_cfg, log=print, build_cfg: BuildConfig | None = None) -> Path:
     """Path of the built mini world for this config, building it first when the cache lacks it. A process that
     finds another one building the same world waits for it and uses its result."""
-    preset = PRESETS[mini_cfg.size]
-    cfg = build_cfg or replace(preset, world=replace(preset.world, seed=mini_cfg.seed), seed=mini_cfg.seed)
+    cfg = build_cfg or build_config(mini_cfg)
     root = Path(os.environ.get("PULSE_CACHE", mini_cfg.cache)).expanduser()
     path = root / f"mini-{world_key(cfg)}"
     if (path / "build.json").is_file():

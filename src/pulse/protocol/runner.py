@@ -926,7 +926,8 @@ class _CellRun:
 
     def probes(self, model) -> None:
         """Probes on the model after the last request at its budget: `model` when it is that one, else rebuilt
-        (`model_after`), replaying the last request to its budget when it trained past it (matched forgetting)."""
+        (`model_after`) with the last request at its budget when it trained past it (matched forgetting): its LoRA
+        weights kept at the budget step, or — after a resume, which lost them — the request replayed to there."""
         n = len(self.requests)
         cell = self.stored[n]
         with S.reading(self.folder / f"request{n}.json"):

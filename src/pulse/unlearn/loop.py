@@ -488,6 +488,57 @@ def _ref_logps(model, enc, samples, batch_size, mask) -> torch.Tensor:
     return torch.cat(out)
 
 
+def request_plan(method_name: str, forget: list[Sample], retain: list[Sample], cfg, seed: int,
+                 max_steps: int | None = None):
+    """Checks and the seeded batch plan of one request: (method, forget samples as trained — IdK answers for
+    `forget_answers: idk` —, budget steps, [(forget batch indices, retain batch indices or None)] per step)."""
+    method = get_method(method_name)
+    check_method_mode(method_name, cfg.mode)
+    if not forget:
+        raise PulseError("empty forget set")
+    if method.retain_loss is not None and not retain:
+        raise PulseError(f"method {method_name!r} needs retain data, but the retain set is empty")
+    forget = _idk(forget, seed) if method.forget_answers == "idk" else forget
+    budget_steps = len(batch_plan(len(forget), cfg, [seed, 0]))
+    forget_plan = batch_plan(len(forget), cfg, [seed, 0], steps=max(budget_steps, max_steps or 0))
+    retain_plan = cycle_plan(len(retain), cfg.batch_size, len(forget_plan), [seed, 1]) \
+        if method.retain_loss is not None else [None] * len(forget_plan)
+    return method, forget, budget_steps, list(zip(forget_plan, retain_plan))
+
+
+def request_loss(model, enc: Encoder, method, forget: list[Sample], retain: list[Sample], cfg, ref_forget):
+    """The loss of one plan item (forget indices, retain indices): the method's loss on the batches' outputs
+    (`Outputs`), with the forget set's precomputed reference log-probs and — for retain-KL methods — the reference
+    logits of the retain batch from the model with its adapter disabled (LoRA mode; refused in full mode)."""
+    def loss_fn(item):
+        fi, ri = item
+        fb = enc.batch([forget[i] for i in fi], mask=cfg.mask)
+        f_out = Outputs(forward(model, fb), fb["labels"],
+                        ref_logps_sum=ref_forget[fi] if ref_forget is not None else None, params=cfg.params)
+        r_out = None
+        if method.retain_loss is not None:
+            rb = enc.batch([retain[i] for i in ri], mask=cfg.mask)
+            ref_logits = None
+            if method.needs_ref_retain:
+                with torch.no_grad(), model.disable_adapter(), eval_mode(model):
+                    ref_logits = forward(model, rb)
+            r_out = Outputs(forward(model, rb), rb["labels"], ref_logits=ref_logits, params=cfg.params)
+        return method_loss(method, f_out, r_out)
+    return loss_fn
+
+
+def request_info(method, forget: list[Sample], cfg, budget_steps: int, losses: list[dict], status: str) -> dict:
+    """The training record of one request (budget, sizes; for a diverged one, fit's record of the step)."""
+    info = {"budget": cfg.budget, "epochs": cfg.epochs if cfg.budget == "epochs" else None,
+            "steps": budget_steps, "forget_samples": len(forget), "batch_size": cfg.batch_size,
+            "reference_batch_size": cfg.batch_size if method.needs_ref_forget else None}
+    if status == "diverged":  # fit's record of the step that diverged: loss, gradient or weights non-finite
+        info["diverged"] = {"step": losses[-1]["step"], "reason": losses[-1].get("diverged", "loss"),
+                            "weights": "not restored" if losses[-1].get("diverged") == "weights"
+                            else "the last finite ones (that step's update not applied)"}
+    return info
+
+
 REQUEST_FILE = "pulse_request.json"
 PARAMS_FILE = "updated_parameters.safetensors"
 
@@ -509,38 +560,14 @@ def unlearn_request(model, enc: Encoder, method_name: str, target: str, forget: 
     eval mode, no grad — and restoring train mode after. `ckpt` and `extra` go to `fit`: a killed request resumes
     from its newest checkpoint with `extra` as saved there.
     """
-    method = get_method(method_name)
-    check_method_mode(method_name, cfg.mode)
-    if not forget:
-        raise PulseError("empty forget set")
-    if method.retain_loss is not None and not retain:
-        raise PulseError(f"method {method_name!r} needs retain data, but the retain set is empty")
-    forget = _idk(forget, seed) if method.forget_answers == "idk" else forget
-    budget_steps = len(batch_plan(len(forget), cfg, [seed, 0]))
-    forget_plan = batch_plan(len(forget), cfg, [seed, 0], steps=max(budget_steps, max_steps or 0))
-    retain_plan = cycle_plan(len(retain), cfg.batch_size, len(forget_plan), [seed, 1]) \
-        if method.retain_loss is not None else [None] * len(forget_plan)
+    method, forget, budget_steps, plan = request_plan(method_name, forget, retain, cfg, seed, max_steps)
     model, named, info = prepare(model, target, cfg, cfg.mode, seed)
     lora = cfg.mode == "lora"
     ref_forget = None
     if method.needs_ref_forget:
         with (model.disable_adapter() if lora else contextlib.nullcontext()):
             ref_forget = _ref_logps(model, enc, forget, cfg.batch_size, cfg.mask)
-
-    def loss_fn(item):
-        fi, ri = item
-        fb = enc.batch([forget[i] for i in fi], mask=cfg.mask)
-        f_out = Outputs(forward(model, fb), fb["labels"],
-                        ref_logps_sum=ref_forget[fi] if ref_forget is not None else None, params=cfg.params)
-        r_out = None
-        if method.retain_loss is not None:
-            rb = enc.batch([retain[i] for i in ri], mask=cfg.mask)
-            ref_logits = None
-            if method.needs_ref_retain:
-                with torch.no_grad(), model.disable_adapter(), eval_mode(model):
-                    ref_logits = forward(model, rb)
-            r_out = Outputs(forward(model, rb), rb["labels"], ref_logits=ref_logits, params=cfg.params)
-        return method_loss(method, f_out, r_out)
+    loss_fn = request_loss(model, enc, method, forget, retain, cfg, ref_forget)
 
     @contextlib.contextmanager
     def in_eval():
@@ -548,18 +575,10 @@ def unlearn_request(model, enc: Encoder, method_name: str, target: str, forget: 
             yield _hf_model(model)
 
     hook = (lambda k: after_step(k, in_eval)) if after_step is not None else None
-    losses, status = fit(named, list(zip(forget_plan, retain_plan)), loss_fn, cfg, desc=desc, after_step=hook,
-                         ckpt=ckpt, extra=extra)
-    info.update({"budget": cfg.budget, "epochs": cfg.epochs if cfg.budget == "epochs" else None,
-                 "steps": budget_steps, "forget_samples": len(forget), "batch_size": cfg.batch_size,
-                 "reference_batch_size": cfg.batch_size if method.needs_ref_forget else None})
-    if len(forget_plan) != budget_steps or after_step is not None:
-        info.update({"plan_steps": len(forget_plan),
-                     "steps_done": len(losses) - (status == "diverged")})
-    if status == "diverged":  # fit's record of the step that diverged: loss, gradient or weights non-finite
-        info["diverged"] = {"step": losses[-1]["step"], "reason": losses[-1].get("diverged", "loss"),
-                            "weights": "not restored" if losses[-1].get("diverged") == "weights"
-                            else "the last finite ones (that step's update not applied)"}
+    losses, status = fit(named, plan, loss_fn, cfg, desc=desc, after_step=hook, ckpt=ckpt, extra=extra)
+    info.update(request_info(method, forget, cfg, budget_steps, losses, status))
+    if len(plan) != budget_steps or after_step is not None:
+        info.update({"plan_steps": len(plan), "steps_done": len(losses) - (status == "diverged")})
     if save_to is not None:
         save_to = Path(save_to)
         if lora:

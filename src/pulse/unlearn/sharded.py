@@ -4,8 +4,8 @@ For models whose full-parameter update does not fit one GPU (LLaVA-1.5-13B: 13.3
 weights, gradients and Adam states ≈ 214 GB; `benchmarks/memory_arithmetic.py`). Run under
 `accelerate launch --config_file configs/accelerate/fsdp.yaml` (one process per GPU); the request is the one
 `loop.unlearn_request` runs, with the same functions: `prepare` (trainable parameters of the target, fp32 master
-layers, gradient checkpointing), `_ref_logps`, `forward` + `Outputs` + `method_loss`, and `fit` (AdamW, schedule,
-clipping, divergence checks) — only the model is sharded in between, and the updated parameters are gathered back.
+layers, gradient checkpointing), `request_plan`, `_ref_logps`, `request_loss`, `fit` (AdamW, schedule, clipping,
+divergence checks) and `request_info` — only the model is sharded in between, and the updated parameters are gathered back.
 
 Sharding — `shard`: accelerate's own FSDP2 preparation, `accelerate.utils.fsdp2_prepare_model`: the
 FullyShardedDataParallelPlugin's wrap policy (TRANSFORMER_BASED_WRAP: every module of the classes the config names
@@ -54,10 +54,9 @@ import torch
 
 from ..errors import PulseError
 from ..fsutil import atomic_write_bytes, atomic_write_text
-from ..models.batches import Encoder, Sample, forward
-from .loop import (PARAMS_FILE, REQUEST_FILE, RequestResult, _idk, _ref_logps, batch_plan, check_method_mode,
-                   cycle_plan, fit, prepare)
-from .methods import Outputs, get_method, method_loss
+from ..models.batches import Encoder, Sample
+from .loop import (PARAMS_FILE, REQUEST_FILE, RequestResult, _ref_logps, fit, prepare, request_info, request_loss,
+                   request_plan)
 
 # The plugin used where the accelerate config gives none (CPU): FSDP2, one unit per transformer layer, parameters
 # resharded after forward (ZeRO-3-like), full state dict on save, no CPU offload, no accelerate-side checkpointing
@@ -119,18 +118,9 @@ def unlearn_request_sharded(model, enc: Encoder, method_name: str, target: str, 
     the model after the request in an unsharded process (evaluation)."""
     import torch.distributed as dist
 
-    method = get_method(method_name)
     if cfg.mode != "full":
         raise PulseError(f"sharded unlearning is for unlearn.mode 'full', got {cfg.mode!r} (LoRA fits one GPU)")
-    check_method_mode(method_name, cfg.mode)
-    if not forget:
-        raise PulseError("empty forget set")
-    if method.retain_loss is not None and not retain:
-        raise PulseError(f"method {method_name!r} needs retain data, but the retain set is empty")
-    forget = _idk(forget, seed) if method.forget_answers == "idk" else forget
-    forget_plan = batch_plan(len(forget), cfg, [seed, 0])
-    retain_plan = cycle_plan(len(retain), cfg.batch_size, len(forget_plan), [seed, 1]) \
-        if method.retain_loss is not None else [None] * len(forget_plan)
+    method, forget, steps, plan = request_plan(method_name, forget, retain, cfg, seed)
     model, named, info = prepare(model, target, cfg, "full", seed)
     names = [n for n, _ in named]
     accelerator = accelerator or make_accelerator()
@@ -138,29 +128,12 @@ def unlearn_request_sharded(model, enc: Encoder, method_name: str, target: str, 
     params = dict(model.named_parameters())
     named = [(n, params[n]) for n in names]  # the DTensor parameters, in prepare's order
     ref_forget = _ref_logps(model, enc, forget, cfg.batch_size, cfg.mask) if method.needs_ref_forget else None
+    loss_fn = request_loss(model, enc, method, forget, retain, cfg, ref_forget)  # retain-KL methods: refused
 
-    def loss_fn(item):  # loop.unlearn_request's loss_fn without an adapter (retain KL methods are refused above)
-        fi, ri = item
-        fb = enc.batch([forget[i] for i in fi], mask=cfg.mask)
-        f_out = Outputs(forward(model, fb), fb["labels"],
-                        ref_logps_sum=ref_forget[fi] if ref_forget is not None else None, params=cfg.params)
-        r_out = None
-        if method.retain_loss is not None:
-            rb = enc.batch([retain[i] for i in ri], mask=cfg.mask)
-            r_out = Outputs(forward(model, rb), rb["labels"], params=cfg.params)
-        return method_loss(method, f_out, r_out)
-
-    losses, status = fit(named, list(zip(forget_plan, retain_plan)), loss_fn, cfg, desc=desc)
-    world = dist.get_world_size()
-    info.update({"budget": cfg.budget, "epochs": cfg.epochs if cfg.budget == "epochs" else None,
-                 "steps": len(forget_plan), "forget_samples": len(forget), "batch_size": cfg.batch_size,
-                 "reference_batch_size": cfg.batch_size if method.needs_ref_forget else None,
-                 "sharded": {"engine": "fsdp2 (accelerate fsdp2_prepare_model)", "processes": world,
-                             "batch": "replicated on every process"}})
-    if status == "diverged":
-        info["diverged"] = {"step": losses[-1]["step"], "reason": losses[-1].get("diverged", "loss"),
-                            "weights": "not restored" if losses[-1].get("diverged") == "weights"
-                            else "the last finite ones (that step's update not applied)"}
+    losses, status = fit(named, plan, loss_fn, cfg, desc=desc)
+    info.update(request_info(method, forget, cfg, steps, losses, status))
+    info["sharded"] = {"engine": "fsdp2 (accelerate fsdp2_prepare_model)", "processes": dist.get_world_size(),
+                       "batch": "replicated on every process"}
     updated = full_state_dict(model, names)
     if save_to is not None and dist.get_rank() == 0:
         from safetensors.torch import save

@@ -270,6 +270,8 @@ def cmd_run(a) -> int:
     out = a.out or Path("runs") / cfg.name
     _preflight_run(cfg, out, f"--out {out}" if a.out else f"run directory {out}")
     opts = _launch_options(a, cfg)
+    if _group_size() > 1:
+        _check_group(a, cfg)
     if a.print_sbatch:
         from .launch import print_sbatch
         print(print_sbatch(cfg, out, a.args, opts), end="")
@@ -278,7 +280,11 @@ def cmd_run(a) -> int:
         run(cfg, out, only=[a.cell], finish=False)
         print(f"cell {a.cell} done in {out}; rerun without --cell to finish the run")
         return 0
-    if a.launcher == "local":
+    if _group_size() > 1:
+        run_dir = _run_group(cfg, out)
+        if run_dir is None:
+            return 0  # not process 0: it only joined the sharded requests
+    elif a.launcher == "local":
         from .launch import local
         run_dir = local(cfg, out, a.workers or _default_workers())
     elif a.launcher == "slurm":
@@ -317,6 +323,44 @@ def _launch_options(a, cfg):
     if "time" in given:
         given["time_min"] = given.pop("time")
     return Slurm(**given, cluster=a.slurm_cluster)
+
+
+def _group_size() -> int:
+    """WORLD_SIZE, set by `accelerate launch` / torchrun for every process of a process group (1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _check_group(a, cfg) -> None:
+    """A process group runs full-parameter requests sharded (unlearn/sharded.py): the rest must fit that."""
+    where = f"a process group (WORLD_SIZE={_group_size()}, accelerate launch / torchrun)"
+    if a.launcher != "serial" or a.cell is not None or a.print_sbatch:
+        raise PulseError(f"{where} is its own launcher: drop --launcher, --cell and --print-sbatch")
+    modes = {cfg.unlearn.mode} | ({cfg.scenario.pretrained.mode or cfg.unlearn.mode}
+                                  if "pretrained" in cfg.scenarios else set())
+    if modes != {"full"}:
+        raise PulseError(f"{where} shards full-parameter requests, but unlearn.mode is {cfg.unlearn.mode!r}"
+                         + (f" (scenario.pretrained.mode {cfg.scenario.pretrained.mode!r})"
+                            if cfg.scenario.pretrained.mode else "")
+                         + ": set unlearn.mode=full, or run LoRA cells one per GPU with --launcher local")
+    if cfg.eval.every:  # (matched forgetting needs them too: config validation ties unlearn.stop to eval.every)
+        raise PulseError(f"eval.every: {where} has no in-request evaluations (trade-off curves, matched "
+                         f"forgetting); set eval.every=null and unlearn.stop.rule=none")
+
+
+def _run_group(cfg, out: Path) -> Path | None:
+    """Process 0 runs the protocol (serially, on its own GPU) and every process joins its requests, sharded;
+    the run directory (process 0) or None (the others)."""
+    from .protocol.runner import run
+    from .unlearn.sharded import end_group, follow, make_accelerator
+
+    acc = make_accelerator()
+    if acc.process_index != 0:
+        follow(acc)
+        return None
+    run_dir = run(cfg, out, launcher={"name": "process group", "processes": acc.num_processes,
+                                      "engine": "FSDP2 through accelerate (requests only)"}, group=acc)
+    end_group()
+    return run_dir
 
 
 def _default_workers() -> int:

@@ -63,6 +63,7 @@ from ..models.batches import Encoder
 from ..models.load import default_scoring, load_model, resolve_device, resolve_dtype
 from ..models.templates import MLLMU
 from ..unlearn.loop import Checkpoints, finish, prepare, steps_for, unlearn_request
+from ..unlearn.sharded import group_request
 from . import claims
 from . import curves as C
 from . import fingerprint as F
@@ -82,6 +83,7 @@ class Context:
     def __init__(self, cfg: RunConfig, out: Path, log):
         self.cfg, self.out, self.log = cfg, out, log
         self.shared = {}  # (scenario, seed) -> the cells' shared inputs (runner._scenario)
+        self.group = None  # process 0 of a process group: its accelerator (requests run sharded, unlearn/sharded.py)
         if cfg.uses_mini:
             from ..mini.cache import ensure_mini
             world = ensure_mini(cfg.mini, log=log)
@@ -388,7 +390,7 @@ def cells(cfg: RunConfig) -> list[Cell]:
 
 
 def run(cfg: RunConfig, out: str | Path, log=print, *, only: list[int] | None = None, finish: bool = True,
-        launcher: dict | None = None, started: tuple | None = None) -> Path:
+        launcher: dict | None = None, started: tuple | None = None, group=None) -> Path:
     """Run (or resume) the protocol into `out`: every cell of the plan (or, for an array task, the cells `only`,
     by plan index), then — with `finish` — the run's own files (sweep winners, results.csv, end of manifest).
 
@@ -396,9 +398,11 @@ def run(cfg: RunConfig, out: str | Path, log=print, *, only: list[int] | None = 
     claimed while worked on (protocol/claims.py; a dead worker's claim is taken over), a shared file (selection,
     request 0, the never-learned reference) is computed by one process while the others wait, the manifest is
     updated under its own claim, and results.csv is rebuilt from the cells — the same bytes as one process.
-    `started`: what `start` returned, when the caller (a launcher) already ran it."""
+    `started`: what `start` returned, when the caller (a launcher) already ran it. `group`: process 0's
+    accelerator in a process group (`pulse run` under accelerate launch / torchrun): requests run sharded."""
     out = Path(out)
     ctx, t0 = started or start(cfg, out, log, launcher)
+    ctx.group = group
     plan = cells(cfg)
     todo = plan if only is None else [plan[i] for i in only]
     bar = progress.bar(total=len(todo), desc="PULSE cells", leave=True, unit="cell")
@@ -844,12 +848,21 @@ class _CellRun:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         if ctx.cfg.eval.every or stop:  # its in-request checkpoints are resumed only under the same fingerprint
             F.stamp_folder(ctx, folder / f".request{r}.progress")
-        model, result = unlearn_request(model, enc, self.registered, target, forget_samples, self.retain_samples,
-                                        ucfg, seed=request_seed, save_to=tmp,
-                                        desc=f"{scenario} {method} {target} seed {seed} request {r}/{n}",
-                                        max_steps=max(budget, cap), after_step=track.after_step,
-                                        ckpt=Checkpoints(ckpt_dir, every=0) if ctx.cfg.eval.every or stop else None,
-                                        extra=track.state)
+        desc = f"{scenario} {method} {target} seed {seed} request {r}/{n}"
+        if ctx.group is not None:  # every process of the group, sharded; the unsharded model waits on the CPU
+            model.to("cpu")
+            m = ctx.cfg.model
+            before = {"checkpoint": str(ctx.models[self.phase]), "dtype": m.dtype, "device": m.device,
+                      "template": m.template, "trust_remote_code": m.trust_remote_code, "eos": ctx.cfg.unlearn.eos,
+                      "applied": [str(folder / f"request{q}.adapter") for q in range(1, r)]}
+            model, result = group_request(before, self.registered, target, forget_samples, self.retain_samples,
+                                          ucfg, request_seed, accelerator=ctx.group, save_to=tmp, desc=desc)
+        else:
+            model, result = unlearn_request(model, enc, self.registered, target, forget_samples,
+                                            self.retain_samples, ucfg, seed=request_seed, save_to=tmp, desc=desc,
+                                            max_steps=max(budget, cap), after_step=track.after_step,
+                                            ckpt=Checkpoints(ckpt_dir, every=0) if ctx.cfg.eval.every or stop
+                                            else None, extra=track.state)
         final = folder / f"request{r}.adapter"
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

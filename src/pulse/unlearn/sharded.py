@@ -48,6 +48,7 @@ a request, `max_steps` / `after_step` in-request evaluations.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -64,14 +65,19 @@ from .loop import (PARAMS_FILE, REQUEST_FILE, RequestResult, _ref_logps, fit, pr
 FSDP_DEFAULTS = dict(fsdp_version=2, auto_wrap_policy="TRANSFORMER_BASED_WRAP", reshard_after_forward=True,
                      state_dict_type="FULL_STATE_DICT", cpu_offload=False, cpu_ram_efficient_loading=False,
                      activation_checkpointing=False)
+GROUP_TIMEOUT = timedelta(hours=24)
 
 
 def make_accelerator(cpu: bool | None = None):
     """This process's `accelerate.Accelerator` (initialises the process group from the launcher's environment:
-    RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) with an FSDP2 plugin: the accelerate config's, or FSDP_DEFAULTS."""
+    RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) with an FSDP2 plugin: the accelerate config's, or FSDP_DEFAULTS.
+    Collectives time out after GROUP_TIMEOUT: in a `pulse run` group the other processes wait for the next request
+    while process 0 evaluates (hours for MMBench on a 13B model; NCCL's default is 10 min)."""
     from accelerate import Accelerator, FullyShardedDataParallelPlugin
+    from accelerate.utils import InitProcessGroupKwargs
 
-    acc = Accelerator(cpu=not torch.cuda.is_available() if cpu is None else cpu)
+    acc = Accelerator(cpu=not torch.cuda.is_available() if cpu is None else cpu,
+                      kwargs_handlers=[InitProcessGroupKwargs(timeout=GROUP_TIMEOUT)])
     if getattr(acc.state, "fsdp_plugin", None) is None:  # CPU (MULTI_CPU): accelerate drops FSDP there (docstring)
         acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(**FSDP_DEFAULTS)
     if acc.state.fsdp_plugin.fsdp_version != 2:
@@ -144,3 +150,92 @@ def unlearn_request_sharded(model, enc: Encoder, method_name: str, target: str, 
         atomic_write_text(save_to / REQUEST_FILE, json.dumps({"mode": "full", "target": target,
                                                               "master_fp32": cfg.master_fp32}))
     return updated, RequestResult(status, losses, info)
+
+
+# --- a process group running `pulse run`: process 0 runs the protocol, the others join its sharded requests -----------
+#
+# `accelerate launch --config_file configs/accelerate/fsdp.yaml -m pulse run CONFIG unlearn.mode=full` (or torchrun):
+# process 0 is an ordinary serial run (claims, evaluations, probes, files: one process, unsharded, on its GPU);
+# whenever it reaches a request it broadcasts what the request needs (`group_request`) and every process runs it
+# sharded (`unlearn_request_sharded`); the others wait for the next one (`follow`). The model before the request is
+# rebuilt in every process from disk — the phase's checkpoint plus the saved requests before it — and process 0
+# rebuilds the model after it from the request's saved parameters, so evaluation sees exactly what a resume sees.
+
+def _samples_json(samples: list[Sample]) -> list[list]:
+    import base64
+    return [[s.prompt, s.answer, base64.b64encode(s.image).decode() if s.image is not None else None]
+            for s in samples]
+
+
+def _samples_from(rows: list[list]) -> list[Sample]:
+    import base64
+    return [Sample(p, a, base64.b64decode(i) if i is not None else None) for p, a, i in rows]
+
+
+def _broadcast(text: str | None) -> str | None:
+    """Process 0's `text` (a JSON document, or None = no more requests) in every process."""
+    import torch.distributed as dist
+    box = [text]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _model_before(before: dict):
+    """The model before a request, unsharded, from disk: the checkpoint, then every saved request in order."""
+    from ..models.load import load_model
+    from .loop import apply_saved
+
+    lm = load_model(before["checkpoint"], dtype=before["dtype"], device=before["device"],
+                    template=before["template"], trust_remote_code=before["trust_remote_code"])
+    model = lm.model
+    for folder in before["applied"]:
+        model = apply_saved(model, folder)
+    return lm, model
+
+
+def group_request(before: dict, method_name: str, target: str, forget: list[Sample], retain: list[Sample], cfg,
+                  seed: int, *, accelerator, save_to, desc: str = "unlearn"):
+    """Process 0: one `mode: full` request run sharded by the whole group; returns (the model after the request,
+    unsharded — `before` rebuilt with the saved request applied —, RequestResult).
+
+    `before`: {checkpoint, dtype, device, template, trust_remote_code, eos, applied: [saved request folders]}."""
+    import dataclasses
+
+    import torch.distributed as dist
+
+    from .loop import apply_saved
+
+    spec = {"before": before, "method": method_name, "target": target, "forget": _samples_json(forget),
+            "retain": _samples_json(retain), "cfg": dataclasses.asdict(cfg), "seed": seed, "desc": desc}
+    _broadcast(json.dumps(spec))
+    lm, model = _model_before(before)
+    enc = Encoder(lm.processor, device=lm.device, dtype=next(model.parameters()).dtype, eos=before["eos"])
+    _, result = unlearn_request_sharded(model, enc, method_name, target, forget, retain, cfg, seed,
+                                        accelerator=accelerator, save_to=save_to, desc=desc)
+    del model
+    dist.barrier()  # every process is done with its shard
+    _, model = _model_before(before)
+    return apply_saved(model, save_to), result
+
+
+def follow(accelerator) -> None:
+    """Every process but 0: join process 0's requests (`group_request`) until it says there are no more."""
+    import torch.distributed as dist
+
+    from ..config import UnlearnSection, _build
+
+    while (text := _broadcast(None)) is not None:
+        spec = json.loads(text)
+        lm, model = _model_before(spec["before"])
+        enc = Encoder(lm.processor, device=lm.device, dtype=next(model.parameters()).dtype,
+                      eos=spec["before"]["eos"])
+        unlearn_request_sharded(model, enc, spec["method"], spec["target"], _samples_from(spec["forget"]),
+                                _samples_from(spec["retain"]), _build(UnlearnSection, spec["cfg"], "group request"),
+                                spec["seed"], accelerator=accelerator, desc=spec["desc"])
+        del model
+        dist.barrier()
+
+
+def end_group() -> None:
+    """Process 0, after its run: tell the others there are no more requests."""
+    _broadcast(None)

@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= runs/mini
 WORKERS ?= 2
+ARGS ?=
 
 $(BIN)/pulse: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,7 +16,7 @@ $(BIN)/pulse: pyproject.toml
 install: $(BIN)/pulse
 
 run: install
-	$(BIN)/pulse run --out $(OUT) --launcher local --workers $(WORKERS)
+	$(BIN)/pulse run $(ARGS) --out $(OUT) --launcher local --workers $(WORKERS)
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -5,7 +5,8 @@ weights, gradients and Adam states ≈ 214 GB; `benchmarks/memory_arithmetic.py`
 `accelerate launch --config_file configs/accelerate/fsdp.yaml` (one process per GPU); the request is the one
 `loop.unlearn_request` runs, with the same functions: `prepare` (trainable parameters of the target, fp32 master
 layers, gradient checkpointing), `request_plan`, `_ref_logps`, `request_loss`, `fit` (AdamW, schedule, clipping,
-divergence checks) and `request_info` — only the model is sharded in between, and the updated parameters are gathered back.
+divergence checks) and `request_info` — only the model is sharded in between, and the updated parameters are
+gathered back.
 
 Sharding — `shard`: accelerate's own FSDP2 preparation, `accelerate.utils.fsdp2_prepare_model`: the
 FullyShardedDataParallelPlugin's wrap policy (TRANSFORMER_BASED_WRAP: every module of the classes the config names
@@ -154,7 +155,8 @@ def unlearn_request_sharded(model, enc: Encoder, method_name: str, target: str, 
 
 # --- a process group running `pulse run`: process 0 runs the protocol, the others join its sharded requests -----------
 #
-# `accelerate launch --config_file configs/accelerate/fsdp.yaml -m pulse run CONFIG unlearn.mode=full` (or torchrun):
+# `accelerate launch --config_file configs/accelerate/fsdp.yaml -m pulse.cli run CONFIG unlearn.mode=full` (or
+# torchrun):
 # process 0 is an ordinary serial run (claims, evaluations, probes, files: one process, unsharded, on its GPU);
 # whenever it reaches a request it broadcasts what the request needs (`group_request`) and every process runs it
 # sharded (`unlearn_request_sharded`); the others wait for the next one (`follow`). The model before the request is

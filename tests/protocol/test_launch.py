@@ -61,6 +61,26 @@ def test_a_dead_workers_claim_is_taken_over_and_a_live_one_is_waited_for(tmp_pat
     assert proc.wait() == 0
 
 
+def test_a_cell_whose_shared_files_are_being_computed_is_skipped_not_waited_for(small_world, tmp_path):
+    """The first pass of `run` goes on to other cells while another process computes a cell's shared files
+    (request 0 here), instead of blocking on them."""
+    from pulse.config import load_config
+    from pulse.protocol import runner
+
+    cfg = load_config(SMALL_CONFIG, [])
+    ctx, _ = runner.start(cfg, tmp_path, log=lambda *_: None)
+    proc = _holder(tmp_path / "cells" / "finetuned" / "request0__seed0.lock", 60)
+    try:
+        for cell in cells(cfg):
+            if cell.scenario in ("finetuned", "sustainability"):  # sustainability's request 0 is finetuned's
+                assert not runner.run_cell(ctx, cell, wait=False), cell
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (tmp_path / "cells" / "finetuned" / "request0__seed0.json").exists()
+    assert not list((tmp_path / "cells").glob("*/*__seed0"))  # no cell was started
+
+
 def _results(run):
     return (run / "results.csv").read_bytes()
 

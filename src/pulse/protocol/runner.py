@@ -792,7 +792,7 @@ class _CellRun:
         self.label = f"{scenario} {method} {target} seed {seed}"
         self.lm = self.enc = None
         self.changed = self.ended = False  # a recomputed request differed from its file / the cell ended
-        self.at_budget = {}  # request -> its LoRA weights at the budget, when it trained on past it (probes)
+        self.lora_at_budget = None  # the last request's LoRA weights at its budget, when it trained on past it
 
     def probes_due(self) -> bool:
         n = len(self.requests)
@@ -842,21 +842,21 @@ class _CellRun:
         budget = steps_for(len(forget_samples), ucfg)
         cap = (ctx.cfg.unlearn.stop.max_steps or budget) if stop else budget
         track = _Track(ctx, lm, enc, self.sets, self.ref["halves"], before, budget, max(budget, cap), cap, stop,
-                       keep_lora=ucfg.mode == "lora")
+                       keep_lora=ucfg.mode == "lora" and r == n and _probes_due(ctx, scenario, method, folder))
         ckpt_dir = folder / f".request{r}.progress"
         if self.changed:  # a checkpoint of the trajectory the stored files came from
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         if ctx.cfg.eval.every or stop:  # its in-request checkpoints are resumed only under the same fingerprint
             F.stamp_folder(ctx, folder / f".request{r}.progress")
         desc = f"{scenario} {method} {target} seed {seed} request {r}/{n}"
-        if ctx.group is not None:  # every process of the group, sharded; the unsharded model waits on the CPU
-            model.to("cpu")
+        if ctx.group is not None:  # every process of the group, sharded
             m = ctx.cfg.model
             before = {"checkpoint": str(ctx.models[self.phase]), "dtype": m.dtype, "device": m.device,
                       "template": m.template, "trust_remote_code": m.trust_remote_code, "eos": ctx.cfg.unlearn.eos,
                       "applied": [str(folder / f"request{q}.adapter") for q in range(1, r)]}
-            model, result = group_request(before, self.registered, target, forget_samples, self.retain_samples,
-                                          ucfg, request_seed, accelerator=ctx.group, save_to=tmp, desc=desc)
+            model, result = group_request(model, before, self.registered, target, forget_samples,
+                                          self.retain_samples, ucfg, request_seed, accelerator=ctx.group, save_to=tmp,
+                                          desc=desc)
         else:
             model, result = unlearn_request(model, enc, self.registered, target, forget_samples,
                                             self.retain_samples, ucfg, seed=request_seed, save_to=tmp, desc=desc,
@@ -869,7 +869,7 @@ class _CellRun:
         lm.model = model
         st = track.state
         if track.lora_at_budget is not None:
-            self.at_budget[r] = track.lora_at_budget
+            self.lora_at_budget = track.lora_at_budget
         if st["budget"] is None:  # training ended at the budget (or diverged before it): the merged model
             if result.status == "ok":
                 with progress.stage(f"{scenario} {method} {target} seed {seed} request {r}/{n}"):
@@ -952,11 +952,12 @@ class _CellRun:
                 return
             ctx, lm = self.ctx, self.lm
             seed = _seed(self.seed, self.scenario, self.method.split("@")[0], self.target, n)
-            if n in self.at_budget:  # this process trained it: its LoRA weights at the budget, merged as there
+            if self.lora_at_budget is not None:  # this process trained it: its LoRA weights there, merged as there
                 model, named, _ = prepare(model, self.target, self.ucfg, "lora", seed)
                 with torch.no_grad():
-                    for (_, p), kept in zip(named, self.at_budget.pop(n), strict=True):
+                    for (_, p), kept in zip(named, self.lora_at_budget, strict=True):
                         p.copy_(kept)
+                self.lora_at_budget = None
                 model = finish(model, "lora", self.ucfg)
             else:  # resumed after the request was written: train it again to its budget (same seeded steps)
                 ctx.log(f"probes: replaying {self.label} request {n} to its budget "

@@ -161,7 +161,7 @@ def unlearn_request_sharded(model, enc: Encoder, method_name: str, target: str, 
 # whenever it reaches a request it broadcasts what the request needs (`group_request`) and every process runs it
 # sharded (`unlearn_request_sharded`); the others wait for the next one (`follow`). The model before the request is
 # rebuilt in every process from disk — the phase's checkpoint plus the saved requests before it — and process 0
-# rebuilds the model after it from the request's saved parameters, so evaluation sees exactly what a resume sees.
+# applies the request's saved parameters to its own unsharded copy, so evaluation sees exactly what a resume sees.
 
 def _samples_json(samples: list[Sample]) -> list[list]:
     import base64
@@ -195,29 +195,32 @@ def _model_before(before: dict):
     return lm, model
 
 
-def group_request(before: dict, method_name: str, target: str, forget: list[Sample], retain: list[Sample], cfg,
-                  seed: int, *, accelerator, save_to, desc: str = "unlearn"):
-    """Process 0: one `mode: full` request run sharded by the whole group; returns (the model after the request,
-    unsharded — `before` rebuilt with the saved request applied —, RequestResult).
+def group_request(model, before: dict, method_name: str, target: str, forget: list[Sample], retain: list[Sample],
+                  cfg, seed: int, *, accelerator, save_to, desc: str = "unlearn"):
+    """Process 0: one `mode: full` request run sharded by the whole group; returns (the model after the request —
+    `model`, process 0's unsharded model before it, with the saved request applied —, RequestResult). `model`
+    waits on the CPU while the group trains.
 
-    `before`: {checkpoint, dtype, device, template, trust_remote_code, eos, applied: [saved request folders]}."""
+    `before`: where every process rebuilds `model` from: {checkpoint, dtype, device, template, trust_remote_code,
+    eos, applied: [saved request folders]}."""
     import dataclasses
 
     import torch.distributed as dist
 
     from .loop import apply_saved
 
+    device = next(model.parameters()).device
+    model.to("cpu")
     spec = {"before": before, "method": method_name, "target": target, "forget": _samples_json(forget),
             "retain": _samples_json(retain), "cfg": dataclasses.asdict(cfg), "seed": seed, "desc": desc}
     _broadcast(json.dumps(spec))
-    lm, model = _model_before(before)
-    enc = Encoder(lm.processor, device=lm.device, dtype=next(model.parameters()).dtype, eos=before["eos"])
-    _, result = unlearn_request_sharded(model, enc, method_name, target, forget, retain, cfg, seed,
+    lm, sharded = _model_before(before)
+    enc = Encoder(lm.processor, device=lm.device, dtype=next(sharded.parameters()).dtype, eos=before["eos"])
+    _, result = unlearn_request_sharded(sharded, enc, method_name, target, forget, retain, cfg, seed,
                                         accelerator=accelerator, save_to=save_to, desc=desc)
-    del model
+    del sharded
     dist.barrier()  # every process is done with its shard
-    _, model = _model_before(before)
-    return apply_saved(model, save_to), result
+    return apply_saved(model.to(device), save_to), result
 
 
 def follow(accelerator) -> None:

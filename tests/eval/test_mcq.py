@@ -11,6 +11,7 @@ from pulse.data.mllmu import read_people
 from pulse.data.mmbench import read_mmbench
 from pulse.eval.mcq import evaluate_mcq
 from pulse.eval.mmbench import evaluate_mmbench
+from pulse.models.batches import Sample
 from pulse.models.load import load_model
 
 
@@ -53,22 +54,46 @@ def test_mmbench_both_scorings(small_world):
 
 
 def test_shared_prefix_scoring_equals_full_sequences(small_world):
-    """The KV-cache-sharing scorer gives the same option log-probs as scoring every option as a full sequence."""
+    """The KV-cache-sharing scorer (one image's shared prompt prefix, then each prompt's rest, then the options)
+    gives the same option log-probs as scoring every option as a full sequence, whatever the batch boundaries."""
     from pulse.eval.likelihood import option_logps, option_logps_full
     from pulse.eval.mmbench import mmbench_message
     from pulse.models.batches import Encoder
 
     lm = load_model(small_world / "models" / "finetuned")
     enc = Encoder(lm.processor)
-    items = read_mmbench(small_world / "mmbench.tsv")[:20]  # 2-, 3- and 4-option rows
+    rows = read_mmbench(small_world / "mmbench.tsv")
+    groups = list(dict.fromkeys(it.group for it in rows))[:6]
+    items = [it for it in rows if it.group in groups]  # 2-, 3- and 4-option rows with every circular rotation
+    assert len(items) > len(groups)
     qs = [(lm.template.prompt(mmbench_message(it), True), it.image, list(it.options.values())) for it in items]
     people = read_people(small_world / "mllmu", "Full_Set")[:2]
     qs += [(lm.template.prompt(m.question, m.form == "image"), p.image if m.form == "image" else None,
             list(m.options.values())) for p in people for m in p.image_mcqs + p.text_mcqs]
-    shared, full = option_logps(lm.model, enc, qs, batch_size=16), option_logps_full(lm.model, enc, qs)
-    assert [len(s) for s in shared] == [len(f) for f in full]
-    for s, f in zip(shared, full):
-        assert s == pytest.approx(f, abs=1e-4)
+    full = option_logps_full(lm.model, enc, qs)
+    assert any(len(enc.token_ids(Sample(q[0], o, q[1]), eos=False)[0]) - enc.token_ids(Sample(q[0], o, q[1]),
+               eos=False)[1] > 1 for q in qs for o in q[2])  # multi-token options run as continuations
+    for batch_size in (16, 7, 4):  # 4 and 1 question(s) per batch: groups split across batches, single rows
+        shared = option_logps(lm.model, enc, qs, batch_size=batch_size)
+        assert [len(s) for s in shared] == [len(f) for f in full]
+        for s, f in zip(shared, full):
+            assert s == pytest.approx(f, abs=1e-4)
+
+
+def test_prefix_groups_hold_the_image():
+    """A group's shared prefix holds every image token of its rows and leaves each row one token; otherwise its
+    rows are scored alone."""
+    from pulse.eval.likelihood import _groups
+
+    img = 9
+    prompts = [[1, 2, img, img, 5, 6], [1, 2, img, img, 5, 7, 8], [1, 2, img, img, 5],  # one image: prefix 4
+               [1, 3, 4], [1, 3, 5],  # text only: prefix 2
+               [1, img, 4], [2, img, 4],  # same image, no common prefix: scored alone
+               [1, 2]]
+    keys = ["a", "a", "a", None, None, "b", "b", "c"]
+    assert _groups(prompts, keys, img) == [([0, 1, 2], 4), ([3, 4], 2), ([5], 2), ([6], 2), ([7], 1)]
+    with pytest.raises(ValueError, match="at least two tokens"):
+        _groups([[1, img]], ["a"], img)
 
 
 def test_shared_demo_prefix_generation_equals_full_prompts(small_world):

@@ -26,7 +26,8 @@ class Sample:
 
 
 class Encoder:
-    """Tokeniser + image processor with caches (pixel values per image, image-token count).
+    """Tokeniser + image processor with caches (pixel values per image, image-token count, token ids per sample:
+    evaluations and training epochs tokenise the same prompts again and again).
 
     `eos`: whether training/unlearning batches end each answer with EOS (MLLMU-Bench appends none; the mini model
     was trained with it). Likelihood scoring never appends it.
@@ -41,6 +42,8 @@ class Encoder:
         self.device, self.dtype = device, dtype
         self._pixels: dict[str, torch.Tensor] = {}
         self._n_image_tokens: int | None = None
+        self._ids: dict[tuple, tuple[tuple[int, ...], int]] = {}
+        self._prompt_ids: dict[str, list[int]] = {}
 
     def pixels(self, image: bytes) -> torch.Tensor:
         key = hashlib.sha1(image).hexdigest()
@@ -61,16 +64,24 @@ class Encoder:
             raise PulseError(f"prompt has {count} image placeholders but {'an' if image else 'no'} image: {prompt[:60]!r}")
         return prompt if image is None else prompt.replace(self.image_token, self.image_token * self.n_image_tokens(image))
 
-    def token_ids(self, sample: Sample, eos: bool) -> tuple[list[int], int]:
-        """Token ids of prompt + " " + answer (+ EOS) and the number of prompt tokens."""
+    def token_ids(self, sample: Sample, eos: bool) -> tuple[tuple[int, ...], int]:
+        """Token ids of prompt + " " + answer (+ EOS) and the number of prompt tokens (cached per sample)."""
+        key = (sample.prompt, sample.answer, sample.image is not None, eos)
+        if key not in self._ids:
+            self._ids[key] = self._token_ids(sample, eos)
+        return self._ids[key]
+
+    def _token_ids(self, sample: Sample, eos: bool) -> tuple[tuple[int, ...], int]:
         prompt = self.expand(sample.prompt, sample.image)
-        p_ids = self.tok(prompt)["input_ids"]
+        if prompt not in self._prompt_ids:
+            self._prompt_ids[prompt] = self.tok(prompt)["input_ids"]
+        p_ids = self._prompt_ids[prompt]
         full = self.tok(prompt + " " + sample.answer)["input_ids"] if sample.answer else list(p_ids)
         if full[: len(p_ids)] != p_ids:  # tokeniser merged across the boundary: fall back to concatenation
             full = p_ids + self.tok(" " + sample.answer, add_special_tokens=False)["input_ids"]
         if eos and self.tok.eos_token_id is not None:
             full = full + [self.tok.eos_token_id]
-        return full, len(p_ids)
+        return tuple(full), len(p_ids)
 
     def batch(self, samples: list[Sample], *, mask: str = "answer", eos: bool | None = None,
               side: str = "right") -> dict:

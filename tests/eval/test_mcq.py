@@ -71,8 +71,8 @@ def test_shared_prefix_scoring_equals_full_sequences(small_world):
     qs += [(lm.template.prompt(m.question, m.form == "image"), p.image if m.form == "image" else None,
             list(m.options.values())) for p in people for m in p.image_mcqs + p.text_mcqs]
     full = option_logps_full(lm.model, enc, qs)
-    assert any(len(enc.token_ids(Sample(q[0], o, q[1]), eos=False)[0]) - enc.token_ids(Sample(q[0], o, q[1]),
-               eos=False)[1] > 1 for q in qs for o in q[2])  # multi-token options run as continuations
+    ids = [enc.token_ids(Sample(prompt, o, image), eos=False) for prompt, image, opts in qs for o in opts]
+    assert any(len(full_ids) - n > 1 for full_ids, n in ids)  # multi-token options run as continuations
     for batch_size in (16, 7, 4):  # 4 and 1 question(s) per batch: groups split across batches, single rows
         shared = option_logps(lm.model, enc, qs, batch_size=batch_size)
         assert [len(s) for s in shared] == [len(f) for f in full]

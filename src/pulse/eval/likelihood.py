@@ -33,14 +33,14 @@ def _groups(prompts: list[list[int]], images: list, image_token: int) -> list[tu
     """Consecutive rows with the same image (text-only rows: None) as (row indices, shared prefix length): their
     longest common token prefix, which must hold every image token of the rows and leave each row at least one
     token of its own; a group where it cannot is split into single rows (prefix: all but the last token)."""
-    out: list[tuple[list[int], int]] = []
+    runs: list[list[int]] = []
     for r, img in enumerate(images):
-        if out and images[out[-1][0][0]] == img:
-            out[-1][0].append(r)
+        if runs and images[runs[-1][0]] == img:
+            runs[-1].append(r)
         else:
-            out.append(([r], 0))
+            runs.append([r])
     done = []
-    for rows, _ in out:
+    for rows in runs:
         first = prompts[rows[0]]
         n = min(len(prompts[r]) for r in rows) - 1
         for r in rows[1:]:
@@ -80,7 +80,7 @@ def option_logps(model, enc: Encoder, questions: list[tuple[str, bytes | None, l
     dev = enc.device
     for start in range(0, len(order), per):
         idx = order[start:start + per]
-        prompts = [list(tokens[i][0]) for i in idx]
+        prompts = [tokens[i][0] for i in idx]
         options = [tokens[i][1] for i in idx]
         groups = _groups(prompts, [keys[i] for i in idx], enc.image_token_id)
         # 1. each group's shared prefix, with its image
@@ -90,10 +90,7 @@ def option_logps(model, enc: Encoder, questions: list[tuple[str, bytes | None, l
         cache = model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev), position_ids=p_pos.to(dev),
                       use_cache=True, logits_to_keep=1, **kwargs).cache
         # 2. the rest of each prompt, after its group's prefix (copied to the rows)
-        group_of = [0] * len(idx)
-        for g, (rows, n) in enumerate(groups):
-            for r in rows:
-                group_of[r] = g
+        group_of = [g for g, (rows, _) in enumerate(groups) for _ in rows]  # groups are consecutive runs of rows
         g_t = torch.tensor(group_of)
         cache.reorder_cache(g_t.to(dev))
         lens = torch.tensor([groups[g][1] for g in group_of])

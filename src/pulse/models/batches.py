@@ -43,7 +43,6 @@ class Encoder:
         self._pixels: dict[str, torch.Tensor] = {}
         self._n_image_tokens: int | None = None
         self._ids: dict[tuple, tuple[tuple[int, ...], int]] = {}
-        self._prompt_ids: dict[str, list[int]] = {}
 
     def pixels(self, image: bytes) -> torch.Tensor:
         key = hashlib.sha1(image).hexdigest()
@@ -73,9 +72,7 @@ class Encoder:
 
     def _token_ids(self, sample: Sample, eos: bool) -> tuple[tuple[int, ...], int]:
         prompt = self.expand(sample.prompt, sample.image)
-        if prompt not in self._prompt_ids:
-            self._prompt_ids[prompt] = self.tok(prompt)["input_ids"]
-        p_ids = self._prompt_ids[prompt]
+        p_ids = self.tok(prompt)["input_ids"]
         full = self.tok(prompt + " " + sample.answer)["input_ids"] if sample.answer else list(p_ids)
         if full[: len(p_ids)] != p_ids:  # tokeniser merged across the boundary: fall back to concatenation
             full = p_ids + self.tok(" " + sample.answer, add_special_tokens=False)["input_ids"]

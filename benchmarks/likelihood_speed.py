@@ -2,10 +2,11 @@
 
 `option_logps` runs each image's shared prompt prefix once, then each prompt's rest, then only the options' tokens
 after the first (likelihood.py); `option_logps_full` scores every option as a full sequence. Same model, same
-questions, one torch thread (a `--launcher local` worker's setting): the option log-probs must agree (max abs
-difference printed) and so must every prediction.
+questions, one torch thread (a `--launcher local` worker's setting), both in batches of `--batch-size` option rows
+(default 256, the default run's `eval.batch_size`): the option log-probs must agree (max abs difference printed)
+and so must every prediction.
 
-    python benchmarks/likelihood_speed.py [--mini-size default|small] [--threads N] [--repeats N]
+    python benchmarks/likelihood_speed.py [--mini-size default|small] [--threads N] [--repeats N] [--batch-size N]
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--mini-size", default="default", choices=["default", "small"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="best of N (default 3)")
+    ap.add_argument("--batch-size", type=int, default=256, help="option rows per batch (default 256)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     world = ensure_mini(MiniConfig(size=a.mini_size))
@@ -53,10 +55,11 @@ def main() -> None:
     mmb = [(lm.template.prompt(mmbench_message(it), image=True), expand_to_square(it.image, lm.processor),
             list(it.options.values())) for it in items]
     for name, qs in (("MCQ", mcq), ("mini-MMBench", mmb)):
-        t_shared, shared = timed(lambda: option_logps(lm.model, enc, qs), a.repeats)
-        t_full, full = timed(lambda: option_logps_full(lm.model, enc, qs), a.repeats)
+        t_shared, shared = timed(lambda: option_logps(lm.model, enc, qs, a.batch_size), a.repeats)
+        t_full, full = timed(lambda: option_logps_full(lm.model, enc, qs, a.batch_size), a.repeats)
         print(json.dumps({
             "set": name, "questions": len(qs), "world": world.name, "threads": a.threads, "best_of": a.repeats,
+            "batch_size": a.batch_size,
             "shared_s": round(t_shared, 3), "full_sequences_s": round(t_full, 3),
             "speedup": round(t_full / t_shared, 2),
             "max_abs_diff": max(abs(x - y) for s, f in zip(shared, full) for x, y in zip(s, f)),

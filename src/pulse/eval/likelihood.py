@@ -8,10 +8,10 @@ Each option is a continuation of its question's cached prompt, so a 4-option que
 four short continuations — not four full sequences. Questions about one image (a person's image MCQs, MMBench's
 circular rotations of one question) also share their prompts' longest common token prefix, which holds the image:
 in each batch it runs once per image, its cache is copied to the questions, and each question runs only the rest
-of its prompt. An option's first token is scored from the prompt's last logits, so only options of two or more
-tokens run a continuation (`benchmarks/likelihood_speed.py` times it against full sequences). Same tokens, same
-positions, same causal attention as one pass over each prompt: the log-probs agree up to float rounding (the
-test: 1e-4).
+of its prompt. Images are batched in order of their longest prompt, so little of a batch is padding. An option's
+first token is scored from the prompt's last logits, so only options of two or more tokens run a continuation
+(`benchmarks/likelihood_speed.py` times it against full sequences). Same tokens, same positions, same causal
+attention as one pass over each prompt: the log-probs agree up to float rounding (the test: 1e-4).
 `option_logps_full` is the plain version (every option a full sequence), kept as the reference for tests.
 """
 from __future__ import annotations
@@ -73,7 +73,11 @@ def option_logps(model, enc: Encoder, questions: list[tuple[str, bytes | None, l
     """
     keys = [None if q[1] is None else hashlib.sha1(q[1]).hexdigest() for q in questions]
     tokens = [_token_rows(enc, *q) for q in questions]
-    order = sorted(range(len(questions)), key=lambda i: (keys[i] is None, keys[i] or "", len(tokens[i][0])))
+    longest: dict[str | None, int] = {}  # per image: its longest prompt; images of similar length share batches
+    for k, (prompt, _) in zip(keys, tokens):
+        longest[k] = max(longest.get(k, 0), len(prompt))
+    order = sorted(range(len(questions)),
+                   key=lambda i: (keys[i] is None, longest[keys[i]], keys[i] or "", len(tokens[i][0])))
     out: list[list[float]] = [[] for _ in questions]
     per = max(1, batch_size // 4)
     pad = enc.tok.pad_token_id if enc.tok.pad_token_id is not None else 0

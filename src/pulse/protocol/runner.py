@@ -83,6 +83,7 @@ class Context:
     def __init__(self, cfg: RunConfig, out: Path, log):
         self.cfg, self.out, self.log = cfg, out, log
         self.shared = {}  # (scenario, seed) -> the cells' shared inputs (runner._scenario)
+        self.encoders = {}  # phase -> Encoder (`model`)
         self.group = None  # process 0 of a process group: its accelerator (requests run sharded, unlearn/sharded.py)
         if cfg.uses_mini:
             from ..mini.cache import ensure_mini
@@ -117,12 +118,15 @@ class Context:
                                        _git_commit())  # fingerprints (protocol/fingerprint.py); inputs hashed once
 
     def model(self, phase: str):
-        """A fresh copy of the phase's checkpoint from disk (every cell starts from the saved weights)."""
+        """A fresh copy of the phase's checkpoint from disk (every cell starts from the saved weights), and the
+        phase's encoder: one per process, so its caches (token ids, pixel values) serve every cell."""
         m = self.cfg.model
         lm = load_model(self.models[phase], dtype=m.dtype, device=m.device, template=m.template,
                         trust_remote_code=m.trust_remote_code)
-        return lm, Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype,
-                           eos=self.cfg.unlearn.eos)
+        if phase not in self.encoders:
+            self.encoders[phase] = Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype,
+                                           eos=self.cfg.unlearn.eos)
+        return lm, self.encoders[phase]
 
     def evaluate(self, lm, enc, sets: dict[str, tuple[list, int]]) -> tuple[dict, dict]:
         """MCQ on each evaluated set (`mcq`), MMBench once; the MMBench record keeps every row's letter in row
@@ -362,11 +366,10 @@ def _git_commit() -> str | None:
 
 
 def _versions() -> dict:
-    import peft
-    import torch
-    import transformers
-    return {"pulse": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
+    """Installed versions, read from package metadata: importing peft costs seconds a launcher need not spend."""
+    from importlib.metadata import version
+    return {"pulse": __version__, "torch": torch.__version__, "transformers": version("transformers"),
+            "peft": version("peft"), "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
 
 
 @dataclass(frozen=True)

@@ -431,3 +431,15 @@ def test_deleted_reference_and_damaged_sweep_are_recomputed_identically(curve_ru
                            and p.name not in ("manifest.json", "run.log"))
     for f in files:
         assert (reference / f).read_bytes() == (run / f).read_bytes(), f
+
+
+def test_each_phase_keeps_one_encoder_for_fresh_models(small_world, tmp_path):
+    """Context.model: a fresh model from disk every call, one encoder per phase (its caches serve every cell)."""
+    from pulse.protocol import runner
+
+    ctx = runner.Context(load_config(SMALL_CONFIG), tmp_path, log=lambda *_: None)
+    (lm1, enc1), (lm2, enc2) = ctx.model("finetuned"), ctx.model("finetuned")
+    lm3, enc3 = ctx.model("pretrained")
+    assert lm1.model is not lm2.model and enc1 is enc2 and enc3 is not enc1
+    lm1.model.lm_head.weight.data.zero_()  # the second copy is not touched
+    assert lm2.model.lm_head.weight.abs().sum() > 0

@@ -69,13 +69,22 @@ def _parser() -> argparse.ArgumentParser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show tracebacks (also accepted after the subcommand)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
+    _run_parser(sub)
+    _eval_parsers(sub)
+    _finetune_parser(sub)
+    _mini_and_data_parsers(sub)
+    from .report.build import build_parser
+    build_parser(sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"]))
+    return p
 
+
+def _run_parser(sub) -> None:
     r = sub.add_parser("run", help=COMMANDS["run"], description=COMMANDS["run"])
     r.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
                    help="a YAML config (default: the built-in mini config) and dotted overrides, e.g. seeds=[0]")
     r.add_argument("--out", type=Path, help="run directory (default runs/<config name>); rerun to resume")
     r.add_argument("--no-report", action="store_true", help="do not build the report at the end")
-    g = r.add_argument_group("where the cells run (README: running on a cluster)")
+    g = r.add_argument_group("where the cells run (docs/cluster.md)")
     g.add_argument("--launcher", choices=["serial", "local", "slurm"], default="serial",
                    help="serial: this process (default); local: --workers processes on this machine, one GPU each "
                         "when there are GPUs; slurm: a submitit job array, one task per cell")
@@ -94,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], default="slurm",
                    help="submitit executor: slurm, or its local/debug executors (tests, dry runs)")
 
+
+def _eval_parsers(sub) -> None:
     for name in ("eval", "mmbench"):
         e = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
         e.add_argument("--model", required=True, help="checkpoint directory (safetensors)")
@@ -127,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="pad: LLaVA-1.5's pad-to-square (mean colour) before the processor (default); "
                                 "processor: the checkpoint's processor alone")
 
+
+def _finetune_parser(sub) -> None:
     f = sub.add_parser("finetune", help=COMMANDS["finetune"], description=COMMANDS["finetune"])
     f.add_argument("args", nargs="*", metavar="key=value",
                    help="recipe overrides (finetune section), e.g. lr=1e-4 save_every=500 gradient_checkpointing=true")
@@ -143,6 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     f.add_argument("--template", help="prompt template of the final MCQ evaluation; default: the checkpoint's")
 
+
+def _mini_and_data_parsers(sub) -> None:
     m = sub.add_parser("mini", help=COMMANDS["mini"], description=COMMANDS["mini"])
     msub = m.add_subparsers(dest="mini_command", required=True, metavar="build")
     b = msub.add_parser("build", help="generate the world and train the tiny LLaVA (about 10 min on 2 cores)")
@@ -157,10 +172,6 @@ def _parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="validate PATH (MLLMU-Bench folder or MMBench .tsv)")
     c.add_argument("path", type=Path)
     c.add_argument("--json", action="store_true")
-
-    from .report.build import build_parser
-    build_parser(sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"]))
-    return p
 
 
 def _split_run_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -344,7 +355,7 @@ def _check_group(a, cfg) -> None:
                          + ": set unlearn.mode=full, or run LoRA cells one per GPU with --launcher local")
     if cfg.eval.every:  # (matched forgetting needs them too: config validation ties unlearn.stop to eval.every)
         raise PulseError(f"eval.every: {where} has no in-request evaluations (trade-off curves, matched "
-                         f"forgetting); set eval.every=null and unlearn.stop.rule=none")
+                         f"forgetting); set eval.every=0 and unlearn.stop.rule=none")
 
 
 def _run_group(cfg, out: Path) -> Path | None:
@@ -592,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _fresh_line()
         text = str(e) if isinstance(e, PulseError) else _os_message(e)
-        if _disk_full(e):
+        if _disk_full(e) and "free some space" not in text:
             text += f"; {DISK_FULL}"
         print(f"error: {' '.join(text.split())}", file=sys.stderr)
         return 2

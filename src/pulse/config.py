@@ -6,13 +6,22 @@ one-line `PulseError`s raised before any training starts.
 from __future__ import annotations
 
 import dataclasses
-import typing
+import math
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
 
 from .errors import PulseError
+from .models.load import DTYPES, check_device_dtype
+from .models.targets import TARGETS
+from .schema import coerce, from_dict
+from .unlearn.methods import check_method_mode, check_params, get_method
+from .unlearn.recipe import FinetuneSection, Recipe, StopRule, UnlearnSection, validate_recipe
+
+__all__ = ["RunConfig", "Recipe", "StopRule", "UnlearnSection", "FinetuneSection", "load_config", "load_finetune",
+           "from_manifest", "to_dict", "validate_recipe"]
 
 
 @dataclass
@@ -25,7 +34,6 @@ class ModelConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self):  # spelling only: the machine that runs may not be the one that validates
-        from .models.load import check_device_dtype
         for key, args in (("device", (self.device, "auto")), ("dtype", ("auto", self.dtype))):
             try:
                 check_device_dtype(*args)
@@ -74,73 +82,6 @@ class Scenarios:
     finetuned: FinetunedScenario = field(default_factory=FinetunedScenario)
     pretrained: PretrainedScenario = field(default_factory=PretrainedScenario)
     sustainability: SustainabilityScenario = field(default_factory=SustainabilityScenario)
-
-
-@dataclass
-class Recipe:
-    """How a model is optimised, shared by unlearning and fine-tuning. Defaults = MLLMU-Bench's `baselines/` and
-    `finetune.py`: AdamW (transformers' AdamW: eps 1e-6, weight decay 0), lr 2e-5, batch 4, 1 epoch, linear decay
-    to 0 stepped every batch with no warm-up (`get_scheduler("linear", 0, total)`), no clipping, LoRA r16 / α16 /
-    dropout 0.05 / Gaussian init, trained against fp32 weights (their `prepare_model_for_kbit_training` casts the
-    model to fp32; here `master_fp32` holds only the updated layers in fp32).
-    """
-    budget: str = "epochs"  # "epochs": epochs × ceil(n / batch_size) steps per request; "steps": `steps` batches
-    epochs: int = 1
-    steps: int | None = None  # used only when budget = steps
-    lr: float = 2e-5
-    batch_size: int = 4
-    schedule: str = "linear"  # "linear" (to 0, HF get_linear_schedule_with_warmup), "constant", "cosine"
-    warmup_steps: int = 0  # lr × (s + 1) / warmup_steps for the first steps
-    min_lr_ratio: float = 0.0  # linear / cosine decay to this fraction of lr (mini: 0.1 with cosine)
-    clip: float | None = None  # max gradient norm; None = no clipping
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-6  # transformers.AdamW's default, which MLLMU-Bench uses (torch's is 1e-8)
-    lora_rank: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_init: str = "gaussian"  # peft init_lora_weights: "gaussian" (MLLMU-Bench) or "default" (Kaiming A, B = 0)
-    master_fp32: bool = True  # half-precision models: the updated Linear layers are held (and merged) in fp32
-    gradient_checkpointing: bool = False
-
-
-@dataclass
-class StopRule:
-    """Matched forgetting (protocol/runner.py, `_target`): a request's matched point is the first checkpoint
-    (every eval.every steps, step 0, the budget, the cap) whose selection-half D_unlearn accuracy (both forms)
-    is <= the never-learned reference on that half + `margin`. Single-request scenarios only."""
-    rule: str = "none"  # "none" or "never_learned"
-    margin: float = 0.0  # percentage points above the reference
-    max_steps: int = 0  # step cap of the search; 0 = the configured budget. Above the budget: schedule constant
-
-
-@dataclass
-class UnlearnSection(Recipe):
-    mode: str = "lora"
-    mask: str = "answer"
-    params: dict = field(default_factory=dict)
-    # what one request unlearns and how a sample is written (the lead's area; see protocol/scenarios.py)
-    data: str = "mcq"  # "mcq": each person's 10 MCQs as QA, half text, half image (paper Table 2); "ft_data"
-    format: str = "mllmu"  # "mllmu": `USER: <image>\n{q}\nASSISTANT: {a}` (MLLMU-Bench); "model": its template
-    eos: bool = False  # append EOS after the answer (MLLMU-Bench appends none)
-    stop: StopRule = field(default_factory=StopRule)
-
-
-@dataclass
-class FinetuneSection(Recipe):
-    """`pulse finetune` (MLLMU-Bench `finetune.py`, README command): the recipe with 5 epochs, LoRA on the modules
-    peft matches for MLLMU-Bench's target names (`mllmu`), loss on the whole sequence, no EOS appended."""
-    epochs: int = 5
-    mode: str = "lora"  # "lora" (merged at the end) or "full"
-    target: str = "mllmu"  # an update target (models/targets.py); "all" = every parameter (mode full only)
-    mask: str = "sequence"  # MLLMU-Bench labels = input_ids with pads -100 (image tokens: we mask them too)
-    eos: bool = False  # MLLMU-Bench appends no EOS
-    sampler: str = "shuffle"  # "shuffle": shuffled epochs (DataLoader shuffle=True); "weighted": mini replay draws
-    people: int = 100  # the first N Full_Set people by ID (paper: 100)
-    seed: int = 0  # batch order, LoRA init, dropout
-    save_every: int = 200  # checkpoint (resume) every N optimizer steps, and at the end; 0 = only at the end
-    save_dtype: str | None = None  # None = as trained (fp32 updated layers under master_fp32); or a dtype name
-    eval_batch_size: int = 16  # the final MCQ evaluation
 
 
 @dataclass
@@ -198,7 +139,7 @@ class RunConfig:
     unlearn: UnlearnSection = field(default_factory=UnlearnSection)
     eval: EvalSection = field(default_factory=EvalSection)
     probes: ProbesSection = field(default_factory=ProbesSection)
-    # equal search budget (protocol/runner.py `sweep_variants`): method -> {lr or a method parameter: [values]}
+    # equal search budget (protocol/plan.py `variants`): method -> {lr or a method parameter: [values]}
     sweep: dict = field(default_factory=dict)
 
     @property
@@ -207,57 +148,6 @@ class RunConfig:
 
 
 SCENARIOS = ("finetuned", "pretrained", "sustainability")
-
-
-def _build(cls, data, where: str, section: str = ""):
-    """Dataclass from a dict, recursively; unknown keys and wrong types are errors naming the file (`where`) and
-    the dotted key (`section` + key, e.g. `small.yaml: unlearn.lr: expected float, got 'abc'`)."""
-    if not isinstance(data, dict):
-        what = f"{where}: {section[:-1]}" if section else f"{where}: the top level"
-        raise PulseError(f"{what}: expected a mapping of key: value, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            inside = f" in {section[:-1]}" if section else ""
-            raise PulseError(f"{where}: unknown key {key!r}{inside} (known: {', '.join(sorted(names))})")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, where, f"{section}{key}.")
-        else:
-            kwargs[key] = _coerce(value, hint, f"{where}: {section}{key}")
-    return cls(**kwargs)
-
-
-def _coerce(value, hint, where: str):
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if value is None:
-        if type(None) in typing.get_args(hint):
-            return None
-        raise PulseError(f"{where}: must not be null")
-    if origin is list:
-        if not isinstance(value, list):
-            value = [value]
-        return [_coerce(v, args[0], where) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise PulseError(f"{where}: expected a mapping")
-        return value
-    target = args[0] if args else hint
-    if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if target is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if target is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, target) or (target is int and isinstance(value, bool)):
-        raise PulseError(f"{where}: expected {target.__name__}, got {value!r}")
-    return value
 
 
 def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
@@ -310,15 +200,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         if not isinstance(tree, dict):
             raise PulseError(f"{p}: expected a mapping of key: value at the top level, got {type(tree).__name__}")
     _apply_overrides(tree, overrides)
-    cfg = _build(RunConfig, tree, where)
+    cfg = from_dict(RunConfig, tree, where)
     validate(cfg, where)
     return cfg
 
 
 def validate(cfg: RunConfig, where: str) -> None:
-    from .models.targets import TARGETS
-    from .unlearn.loop import check_method_mode
-
     for s in cfg.scenarios:
         if s not in SCENARIOS:
             raise PulseError(f"{where}: scenarios: unknown scenario {s!r} (known: {', '.join(SCENARIOS)})")
@@ -327,7 +214,6 @@ def validate(cfg: RunConfig, where: str) -> None:
     if "pretrained" in cfg.scenarios and cfg.scenario.pretrained.mode in ("lora", "full"):
         for m in cfg.methods:
             check_method_mode(m, cfg.scenario.pretrained.mode)
-    from .unlearn.methods import check_params  # unknown / ill-typed unlearn.params refused; values normalised
     cfg.unlearn.params = check_params(cfg.methods + cfg.table3_methods, cfg.unlearn.params, where)
     for t in cfg.targets + cfg.table3_targets:
         if t not in TARGETS:
@@ -375,12 +261,16 @@ def validate(cfg: RunConfig, where: str) -> None:
             raise PulseError(f"{where}: {name}: path not found: {v}")
 
 
+def method_references(written: list[str]) -> dict[str, str]:
+    """{Method.name: the reference as written} of the methods given by reference (`module:attribute`, entry
+    point) rather than by their name; results, cell folders and reports use the name (two selected methods with
+    one name are refused by `check_params`)."""
+    named = {ref: get_method(ref).name for ref in dict.fromkeys(written)}
+    return {name: ref for ref, name in named.items() if name != ref}
+
+
 def validate_probes(p: ProbesSection, where: str) -> None:
     """The probes section; one-line errors naming the key (e.g. `probes.relearn.steps`)."""
-    import math
-
-    from .models.targets import TARGETS
-
     for key, values, known in (("run", p.run, PROBES), ("scenarios", p.scenarios, SCENARIOS)):
         for v in values:
             if v not in known:
@@ -409,9 +299,7 @@ STOP_RULES = ("none", "never_learned")
 
 
 def validate_curves(cfg: RunConfig, where: str) -> None:
-    """eval.every / curve_mmbench_groups / half_seed, unlearn.stop and sweep (issue 8 §1)."""
-    import math
-
+    """Trade-off curves and matched forgetting: eval.every / curve_mmbench_groups / half_seed, unlearn.stop, sweep."""
     e, st, u = cfg.eval, cfg.unlearn.stop, cfg.unlearn
     for key in ("every", "half_seed"):
         v = getattr(e, key)
@@ -439,7 +327,6 @@ def validate_curves(cfg: RunConfig, where: str) -> None:
     if cfg.sweep and st.rule == "none":
         raise PulseError(f"{where}: sweep picks configurations that reach the matched-forgetting target: "
                          f"set unlearn.stop.rule never_learned")
-    from .unlearn.methods import check_params
     for method, grid in cfg.sweep.items():
         if method not in cfg.methods:
             raise PulseError(f"{where}: sweep.{method}: not one of the run's methods ({', '.join(cfg.methods)})")
@@ -449,7 +336,7 @@ def validate_curves(cfg: RunConfig, where: str) -> None:
             if not isinstance(values, list) or not values or len(set(map(str, values))) != len(values):
                 raise PulseError(f"{where}: sweep.{method}.{name}: expected a non-empty list of distinct values")
             if name == "lr":
-                grid[name] = [_coerce(v, float, f"{where}: sweep.{method}.lr") for v in values]
+                grid[name] = [coerce(v, float, f"{where}: sweep.{method}.lr") for v in values]
                 if not all(math.isfinite(v) and v > 0 for v in grid[name]):
                     raise PulseError(f"{where}: sweep.{method}.lr: every value must be a finite number > 0")
             else:  # a parameter the method declares; values converted to its type
@@ -458,9 +345,7 @@ def validate_curves(cfg: RunConfig, where: str) -> None:
 
 
 def validate_basics(cfg: RunConfig, where: str) -> None:
-    """The run name, mini seed, pretrained.min_accuracy and eval sizes; one line naming the key (issue 10 §4)."""
-    import math
-
+    """The run name, mini seed, pretrained.min_accuracy and eval sizes; one line naming the key."""
     name = cfg.name
     if not name or name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable():
         raise PulseError(f"{where}: name must be a plain folder name under runs/ (no path separators, not . or ..), "
@@ -479,62 +364,12 @@ def validate_basics(cfg: RunConfig, where: str) -> None:
                          f"got {e.mmbench_groups!r}")
 
 
-SCHEDULES = ("linear", "constant", "cosine")
-LORA_INITS = ("gaussian", "default")
-
-
-def validate_recipe(r: Recipe, section: str, where: str) -> None:
-    """Every recipe value checked; one-line errors naming the key (e.g. `unlearn.lr`)."""
-    import math
-
-    def bad(key: str, rule: str):
-        raise PulseError(f"{where}: {section}.{key} must be {rule}, got {getattr(r, key)!r}")
-
-    def positive_int(key: str):
-        v = getattr(r, key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            bad(key, "an integer >= 1")
-
-    if r.budget not in ("epochs", "steps"):
-        bad("budget", "epochs or steps")
-    positive_int("epochs")
-    positive_int("batch_size")
-    positive_int("lora_rank")
-    if r.steps is not None or r.budget == "steps":
-        positive_int("steps")
-    if not (math.isfinite(r.lr) and r.lr > 0):
-        bad("lr", "a finite number > 0")
-    if r.schedule not in SCHEDULES:
-        bad("schedule", " or ".join(SCHEDULES))
-    if r.warmup_steps < 0:
-        bad("warmup_steps", ">= 0")
-    if not 0.0 <= r.min_lr_ratio <= 1.0:
-        bad("min_lr_ratio", "in [0, 1]")
-    if r.clip is not None and not (math.isfinite(r.clip) and r.clip > 0):
-        bad("clip", "null (no clipping) or a finite number > 0")
-    if not (math.isfinite(r.weight_decay) and r.weight_decay >= 0):
-        bad("weight_decay", "a finite number >= 0")
-    if len(r.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in r.adam_betas):
-        bad("adam_betas", "two numbers in [0, 1)")
-    if not (math.isfinite(r.adam_eps) and r.adam_eps > 0):
-        bad("adam_eps", "a finite number > 0")
-    if not (math.isfinite(r.lora_alpha) and r.lora_alpha > 0):
-        bad("lora_alpha", "> 0")
-    if not 0.0 <= r.lora_dropout < 1.0:
-        bad("lora_dropout", "in [0, 1)")
-    if r.lora_init not in LORA_INITS:
-        bad("lora_init", " or ".join(LORA_INITS))
-
-
 def load_finetune(overrides: list[str] = (), base: FinetuneSection | None = None,
                   where: str = "finetune") -> FinetuneSection:
     """A validated FinetuneSection from `key=value` overrides (keys as in the section, e.g. `lr=1e-4`)."""
-    from .models.load import DTYPES
-    from .models.targets import TARGETS
-
     tree = {k: v for k, v in dataclasses.asdict(base).items()} if base is not None else {}
     _apply_overrides(tree, overrides)
-    ft = _build(FinetuneSection, tree, where, "finetune.")
+    ft = from_dict(FinetuneSection, tree, where, "finetune.")
     validate_recipe(ft, "finetune", where)
     if ft.mode not in ("lora", "full"):
         raise PulseError(f"{where}: finetune.mode must be lora or full, got {ft.mode!r}")
@@ -562,8 +397,6 @@ def load_finetune(overrides: list[str] = (), base: FinetuneSection | None = None
 
 def builtin_config_path() -> Path:
     """configs/mini/default.yaml, shipped inside the package as pulse/configs (a link to the repository's configs/)."""
-    from importlib.resources import files
-
     path = Path(str(files("pulse") / "configs" / "mini" / "default.yaml"))
     if not path.is_file():
         raise PulseError(f"{path}: the built-in default config is missing from this installation")
@@ -576,3 +409,8 @@ def _looks_like_hub_id(v: str) -> bool:
 
 def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def from_manifest(config: dict, where: str = "manifest.json") -> RunConfig:
+    """The RunConfig a run directory's manifest recorded (its "config"), rebuilt without re-validating paths."""
+    return from_dict(RunConfig, config, where)

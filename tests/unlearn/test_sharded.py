@@ -1,4 +1,4 @@
-"""Sharded full-parameter unlearning (issue 9 §3): one FSDP2 step over 2 CPU processes (gloo, launched by torchrun)
+"""Sharded full-parameter unlearning: one FSDP2 step over 2 CPU processes (gloo, launched by torchrun)
 equals one unsharded `loop.unlearn_request` step — same tiny LLaVA, batch, AdamW, lr — for GA and NPO in fp32 and
 for GA on a bf16 model with fp32 master layers.
 

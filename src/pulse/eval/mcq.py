@@ -16,7 +16,7 @@ from ..data.records import FORMS, MCQ, Person
 from ..errors import PulseError
 from ..models.batches import Encoder
 from ..models.load import LoadedModel
-from . import prompts as P
+from . import prompts as official
 from .generate import generate, generate_shared_prefix
 from .likelihood import option_logps
 
@@ -60,16 +60,16 @@ def _generate_mcqs(lm, enc, mcqs, demos, demo_imgs, images, form, max_new_tokens
     computed once."""
     query_imgs = [[images[m.person_id]] if form == "image" else [] for m in mcqs]
     if demos:
-        prefix = "".join(P.demo_string(d, form) for d in demos)
+        prefix = "".join(official.demo_string(d, form) for d in demos)
         try:
-            return generate_shared_prefix(lm.model, enc, prefix, demo_imgs, [P.mcq_prompt(m, []) for m in mcqs],
+            return generate_shared_prefix(lm.model, enc, prefix, demo_imgs, [official.mcq_prompt(m, []) for m in mcqs],
                                           query_imgs, max_new_tokens=max_new_tokens,
                                           batch_size=max(1, batch_size // 4), return_first_token=True,
                                           on_batch=on_batch)
         except ValueError:  # tokenizer merges across the boundary, or another cache type: full prompts
             pass
-    texts = [P.mcq_prompt(m, demos) for m in mcqs]
-    imgs = [P.mcq_images(images[m.person_id], demo_imgs) if form == "image" else [] for m in mcqs]
+    texts = [official.mcq_prompt(m, demos) for m in mcqs]
+    imgs = [official.mcq_images(images[m.person_id], demo_imgs) if form == "image" else [] for m in mcqs]
     return generate(lm.model, enc, texts, imgs, max_new_tokens=max_new_tokens, batch_size=max(1, batch_size // 4),
                     stop_at_first_char=True, return_first_token=True, on_batch=on_batch)
 
@@ -101,15 +101,15 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
             jobs.append((form, [m for p in people for m in p.mcqs(form) if keep(m)], None, None))
         else:
             source = {p.id: p for p in (demo_source or people)}
-            ids = P.select_demo_people([p.id for p in people], min(demo_people, len(people)), demo_seed)
+            ids = official.select_demo_people([p.id for p in people], min(demo_people, len(people)), demo_seed)
             missing = [i for i in ids if i not in source]
             if missing:
                 raise PulseError(f"demo person {missing[0]!r}: no record in the demo source (Full_Set)")
             demo_ids[form] = ids
             demo_records = [source[i] for i in ids]
-            demos = P.demo_mcqs(demo_records, form)
-            jobs.append((form, [m for m in P.scored_mcqs(people, form, ids, demos) if keep(m)], demos,
-                         P.demo_images(demo_records, form)))
+            demos = official.demo_mcqs(demo_records, form)
+            jobs.append((form, [m for m in official.scored_mcqs(people, form, ids, demos) if keep(m)], demos,
+                         official.demo_images(demo_records, form)))
     who = f"{len(people)} {'person' if len(people) == 1 else 'people'}"
     with progress.bar(desc=progress.named(f"MCQ ({who})"), total=sum(len(j[1]) for j in jobs),
                       unit="question") as bar:
@@ -117,7 +117,7 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
             if scoring == "likelihood":
                 prompts = []
                 for m in mcqs:
-                    q, opts = P.likelihood_prompt_parts(m)
+                    q, opts = official.likelihood_prompt_parts(m)
                     img = images[m.person_id] if form == "image" else None
                     prompts.append((lm.template.prompt(q, image=img is not None), img, opts))
                 scores = option_logps(lm.model, enc, prompts, batch_size=batch_size, on_batch=bar.update) \
@@ -130,6 +130,6 @@ def evaluate_mcq(lm: LoadedModel, people: list[Person], *, scoring: str | None =
                                       on_batch=bar.update) if mcqs else []
                 for m, (text, first) in zip(mcqs, outs):
                     # eval.py parses the decoded prompt + continuation; the prompt's only ASSISTANT: is its last
-                    preds.append(_record(m, P.parse_mcq_answer(P.mcq_prompt(m, demos) + text, m.options),
+                    preds.append(_record(m, official.parse_mcq_answer(official.mcq_prompt(m, demos) + text, m.options),
                                          output=(text, first)))
     return summarise(preds, demo_ids)

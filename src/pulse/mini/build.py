@@ -40,9 +40,9 @@ from ..eval.mmbench import evaluate_mmbench, mmbench_message
 from ..eval.prompts import mcq_prompt
 from ..models.batches import Encoder, Sample
 from ..models.load import save_model
-from ..config import FinetuneSection
 from ..models.templates import PLAIN
 from ..unlearn.finetune import train_on
+from ..unlearn.recipe import FinetuneSection
 from .lock import build_lock
 from .model import TinyConfig, build_tiny_llava
 from .train import VISION_TOWER, finetune_recipe, pretrain_recipe, pretrain_vision, vision_recipe

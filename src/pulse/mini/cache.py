@@ -26,7 +26,7 @@ from .lock import build_lock
 from .world import FORMAT
 
 BUILD_MODULES = (
-    "pulse", "pulse.config", "pulse.errors", "pulse.fsutil", "pulse.progress",
+    "pulse", "pulse.errors", "pulse.fsutil", "pulse.progress", "pulse.provenance",
     "pulse.data", "pulse.data.mllmu", "pulse.data.mmbench", "pulse.data.records",
     "pulse.eval", "pulse.eval.generate", "pulse.eval.likelihood", "pulse.eval.mcq", "pulse.eval.mmbench",
     "pulse.eval.prompts",
@@ -34,6 +34,7 @@ BUILD_MODULES = (
     "pulse.mini.portraits", "pulse.mini.train", "pulse.mini.world",
     "pulse.models", "pulse.models.batches", "pulse.models.load", "pulse.models.targets", "pulse.models.templates",
     "pulse.unlearn", "pulse.unlearn.finetune", "pulse.unlearn.loop", "pulse.unlearn.losses", "pulse.unlearn.methods",
+    "pulse.unlearn.recipe",
 )
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from ..config import FinetuneSection
 from ..errors import PulseError
+from ..unlearn.loop import batch_plan, fit
+from ..unlearn.recipe import FinetuneSection
 
 VISION_TOWER = "model.vision_tower."  # parameter-name prefix of LLaVA's CLIP tower (transformers 5 layout)
 
@@ -66,7 +67,6 @@ def pretrain_vision(model, enc, items, r: FinetuneSection, desc: str = "vision p
     learn counting and positions (mini-MMBench near chance), and through this direct, cheap objective (no
     language model in the loop) it learns them in about a minute. Batches: `r.steps` full batches cycling through
     seeded permutations; head initialised under `r.seed`. Returns a record for build.json."""
-    from ..unlearn.loop import batch_plan, fit
 
     if not items:
         raise PulseError("vision pre-training: no mini-MMBench training questions (n_mmbench_train = 0)")

@@ -26,12 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import FinetuneSection
+from ..data.mllmu import FT_DATA, FULL_SET, config_files, read_people, read_qa_pairs
 from ..errors import PulseError
+from ..eval.mcq import evaluate_mcq
 from ..fsutil import atomic_write_json
 from ..models.batches import Encoder, Sample, forward
+from ..models.load import DTYPES, load_model, save_model
+from ..models.templates import MLLMU
+from ..provenance import versions
 from .loop import Checkpoints, batch_plan, finish, fit, prepare, release_fp32, weighted_plan
 from .losses import nll
+from .recipe import FinetuneSection
 
 RECORD = "pulse_finetune.json"
 SAMPLE_FORMAT = "USER: <image>\\n{question}\\nASSISTANT: {answer}"
@@ -96,8 +101,6 @@ def finetune_samples(pairs, template) -> list[Sample]:
 
 
 def _files_record(root: Path, config: str) -> list[dict]:
-    from ..data.mllmu import config_files
-
     out = []
     for f in config_files(root, config):
         h = hashlib.sha256()
@@ -112,12 +115,6 @@ def run_finetune(base, data, out, ft: FinetuneSection, *, device: str = "auto", 
                  template: str | None = None, log=print, on_step=None) -> dict:
     """`pulse finetune`: fine-tune `base` on the first `ft.people` Full_Set people of the MLLMU-Bench folder `data`,
     write the merged checkpoint to `out` (atomically) with `pulse_finetune.json`; returns that record."""
-    from ..data.mllmu import FT_DATA, FULL_SET, read_people, read_qa_pairs
-    from ..eval.mcq import evaluate_mcq
-    from ..models.load import DTYPES, load_model, save_model
-    from ..models.templates import MLLMU
-    from ..protocol.runner import _versions
-
     base, data, out = str(base), Path(data).expanduser(), Path(out).expanduser()
     if out.exists():
         raise PulseError(f"{out}: already exists; a finished fine-tuning is never overwritten — choose a new --out")
@@ -167,7 +164,7 @@ def run_finetune(base, data, out, ft: FinetuneSection, *, device: str = "auto", 
                        else "answer tokens only",
         "recipe": asdict(ft), "seed": ft.seed, "device": str(lm.device), "dtype": dtype,
         "saved_dtypes": sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()}),
-        "versions": _versions(), "training": info, "losses": loss_summary(losses, info["steps_per_epoch"]),
+        "versions": versions(), "training": info, "losses": loss_summary(losses, info["steps_per_epoch"]),
         "mcq_accuracy": {"image": round(mcq.accuracy["image"], 2), "text": round(mcq.accuracy["text"], 2),
                          "n": mcq.n, "scoring": lm.scoring, "demo_ids": mcq.demo_ids},
         "time_s": round(time.time() - started, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

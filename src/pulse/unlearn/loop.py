@@ -1,7 +1,7 @@
 """The one training loop of PULSE — unlearning requests, `pulse finetune` and the mini world's two training phases
 all run `fit` — plus what surrounds it: batch plans, the update (LoRA or full), fp32 master layers, checkpoints.
 
-The optimisation recipe (`config.Recipe`) defaults to MLLMU-Bench's `baselines/` and `finetune.py`:
+The optimisation recipe (`recipe.Recipe`) defaults to MLLMU-Bench's `baselines/` and `finetune.py`:
 - budget: `epochs` × ceil(n / batch_size) optimizer steps per request (torch `DataLoader(shuffle=True)`: a fresh
   permutation per epoch, the last batch of an epoch smaller); `budget: steps` runs `steps` full batches cycling
   through fresh permutations. Methods with a retain term draw one full retain batch per forget batch, cycling.
@@ -31,6 +31,7 @@ per-step reference (ga, grad_diff, npo, simnpo, idk) are allowed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -44,12 +45,12 @@ import numpy as np
 import torch
 
 from .. import progress
-from ..config import Recipe
 from ..errors import PulseError
 from ..models.batches import Encoder, Sample, forward
 from ..models.targets import full_parameter_names, target_regex
 from .losses import sequence_logps_sum
-from .methods import IDK_ANSWERS, Outputs, get_method, method_loss
+from .methods import IDK_ANSWERS, Outputs, check_method_mode, get_method, method_loss
+from .recipe import Recipe
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -469,17 +470,8 @@ def _idk(samples: list[Sample], seed: int) -> list[Sample]:
     return [Sample(s.prompt, rng.choice(IDK_ANSWERS), s.image) for s in samples]
 
 
-def check_method_mode(method_name: str, mode: str) -> None:
-    method = get_method(method_name)
-    if mode not in ("lora", "full"):
-        raise PulseError(f"unknown unlearning mode {mode!r}; use 'lora' or 'full'")
-    if mode == "full" and method.needs_ref_retain:
-        raise PulseError(f"method {method_name!r} needs reference logits every step; with mode 'full' that would "
-                         f"need a second model copy — use mode 'lora'")
-
-
 @torch.no_grad()
-def _ref_logps(model, enc, samples, batch_size, mask) -> torch.Tensor:
+def reference_logps_sum(model, enc, samples, batch_size, mask) -> torch.Tensor:
     out = []
     with eval_mode(model):
         for start in range(0, len(samples), batch_size):
@@ -566,7 +558,7 @@ def unlearn_request(model, enc: Encoder, method_name: str, target: str, forget: 
     ref_forget = None
     if method.needs_ref_forget:
         with (model.disable_adapter() if lora else contextlib.nullcontext()):
-            ref_forget = _ref_logps(model, enc, forget, cfg.batch_size, cfg.mask)
+            ref_forget = reference_logps_sum(model, enc, forget, cfg.batch_size, cfg.mask)
     loss_fn = request_loss(model, enc, method, forget, retain, cfg, ref_forget)
 
     @contextlib.contextmanager
@@ -580,17 +572,31 @@ def unlearn_request(model, enc: Encoder, method_name: str, target: str, forget: 
     if len(plan) != budget_steps or after_step is not None:
         info.update({"plan_steps": len(plan), "steps_done": len(losses) - (status == "diverged")})
     if save_to is not None:
-        save_to = Path(save_to)
-        if lora:
-            model.save_pretrained(save_to)
-        else:
-            from safetensors.torch import save_file
-            save_to.mkdir(parents=True, exist_ok=True)
-            save_file({n: p.detach().contiguous() for n, p in named}, str(save_to / PARAMS_FILE))
-        (save_to / REQUEST_FILE).write_text(json.dumps({"mode": cfg.mode, "target": target,
-                                                        "master_fp32": cfg.master_fp32}))
+        save_request(model if lora else None, named, Path(save_to), {"mode": cfg.mode, "target": target,
+                                                                      "master_fp32": cfg.master_fp32})
     model = finish(model, cfg.mode, cfg)
     return model, RequestResult(status, losses, info)
+
+
+def save_request(peft_model, named, folder: Path, meta: dict) -> None:
+    """What a request changed, in safetensors: the LoRA adapter of `peft_model`, or (None) the updated parameters
+    `named`; plus REQUEST_FILE. A failed write (a full disk) is one PulseError naming the folder."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        if peft_model is not None:
+            peft_model.save_pretrained(folder)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file({n: p.detach().contiguous() for n, p in named}, str(folder / PARAMS_FILE))
+        (folder / REQUEST_FILE).write_text(json.dumps(meta))
+    except (OSError, SafetensorError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+        if "No space left" in reason or isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            reason = "no space left on device"
+        raise PulseError(f"{folder}: cannot save what the request changed ({reason[:160]}); free some space and "
+                         f"rerun the same command: finished requests are kept, this one is trained again") from e
 
 
 def apply_saved(model, folder):

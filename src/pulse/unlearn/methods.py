@@ -415,6 +415,15 @@ def _param_value(value, default, where: str):
     return float(value)
 
 
+def check_method_mode(method_name: str, mode: str) -> None:
+    method = get_method(method_name)
+    if mode not in ("lora", "full"):
+        raise PulseError(f"unknown unlearning mode {mode!r}; use 'lora' or 'full'")
+    if mode == "full" and method.needs_ref_retain:
+        raise PulseError(f"method {method_name!r} needs reference logits every step; with mode 'full' that would "
+                         f"need a second model copy — use mode 'lora'")
+
+
 def method_params(method: Method, params: dict) -> dict:
     """The hyper-parameters `method` sees: its defaults, then the flat names it declares, then its own section."""
     flat = {k: v for k, v in params.items() if k in method.defaults and not isinstance(v, dict)}

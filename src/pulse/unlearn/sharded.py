@@ -4,8 +4,8 @@ For models whose full-parameter update does not fit one GPU (LLaVA-1.5-13B: 13.3
 weights, gradients and Adam states ≈ 214 GB; `benchmarks/memory_arithmetic.py`). Run under
 `accelerate launch --config_file configs/accelerate/fsdp.yaml` (one process per GPU); the request is the one
 `loop.unlearn_request` runs, with the same functions: `prepare` (trainable parameters of the target, fp32 master
-layers, gradient checkpointing), `request_plan`, `_ref_logps`, `request_loss`, `fit` (AdamW, schedule, clipping,
-divergence checks) and `request_info` — only the model is sharded in between, and the updated parameters are
+layers, gradient checkpointing), `request_plan`, `reference_logps_sum`, `request_loss`, `fit` (AdamW, schedule,
+clipping, divergence checks) and `request_info` — only the model is sharded in between, and the updated parameters are
 gathered back.
 
 Sharding — `shard`: accelerate's own FSDP2 preparation, `accelerate.utils.fsdp2_prepare_model`: the
@@ -57,8 +57,11 @@ import torch
 from ..errors import PulseError
 from ..fsutil import atomic_write_bytes, atomic_write_text
 from ..models.batches import Encoder, Sample
-from .loop import (PARAMS_FILE, REQUEST_FILE, RequestResult, _ref_logps, fit, prepare, request_info, request_loss,
-                   request_plan)
+from ..models.load import load_model
+from ..schema import from_dict
+from .loop import (PARAMS_FILE, REQUEST_FILE, RequestResult, apply_saved, fit, prepare, reference_logps_sum, request_info,
+                   request_loss, request_plan)
+from .recipe import UnlearnSection
 
 # The plugin used where the accelerate config gives none (CPU): FSDP2, one unit per transformer layer, parameters
 # resharded after forward (ZeRO-3-like), full state dict on save, no CPU offload, no accelerate-side checkpointing
@@ -134,7 +137,7 @@ def unlearn_request_sharded(model, enc: Encoder, method_name: str, target: str, 
     model = shard(model, accelerator)
     params = dict(model.named_parameters())
     named = [(n, params[n]) for n in names]  # the DTensor parameters, in prepare's order
-    ref_forget = _ref_logps(model, enc, forget, cfg.batch_size, cfg.mask) if method.needs_ref_forget else None
+    ref_forget = reference_logps_sum(model, enc, forget, cfg.batch_size, cfg.mask) if method.needs_ref_forget else None
     loss_fn = request_loss(model, enc, method, forget, retain, cfg, ref_forget)  # retain-KL methods: refused
 
     losses, status = fit(named, plan, loss_fn, cfg, desc=desc)
@@ -184,9 +187,6 @@ def _broadcast(text: str | None) -> str | None:
 
 def _model_before(before: dict):
     """The model before a request, unsharded, from disk: the checkpoint, then every saved request in order."""
-    from ..models.load import load_model
-    from .loop import apply_saved
-
     lm = load_model(before["checkpoint"], dtype=before["dtype"], device=before["device"],
                     template=before["template"], trust_remote_code=before["trust_remote_code"])
     model = lm.model
@@ -207,8 +207,6 @@ def group_request(model, before: dict, method_name: str, target: str, forget: li
 
     import torch.distributed as dist
 
-    from .loop import apply_saved
-
     device = next(model.parameters()).device
     model.to("cpu")
     spec = {"before": before, "method": method_name, "target": target, "forget": _samples_json(forget),
@@ -227,15 +225,13 @@ def follow(accelerator) -> None:
     """Every process but 0: join process 0's requests (`group_request`) until it says there are no more."""
     import torch.distributed as dist
 
-    from ..config import UnlearnSection, _build
-
     while (text := _broadcast(None)) is not None:
         spec = json.loads(text)
         lm, model = _model_before(spec["before"])
         enc = Encoder(lm.processor, device=lm.device, dtype=next(model.parameters()).dtype,
                       eos=spec["before"]["eos"])
         unlearn_request_sharded(model, enc, spec["method"], spec["target"], _samples_from(spec["forget"]),
-                                _samples_from(spec["retain"]), _build(UnlearnSection, spec["cfg"], "group request"),
+                                _samples_from(spec["retain"]), from_dict(UnlearnSection, spec["cfg"], "group request"),
                                 spec["seed"], accelerator=accelerator, desc=spec["desc"])
         del model
         dist.barrier()

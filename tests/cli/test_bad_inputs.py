@@ -1,4 +1,4 @@
-"""Every bad input a clear error (issue 10 §4): one line on stderr, exit 2, naming the file / row / field / config
+"""Every bad input a clear error: one line on stderr, exit 2, naming the file / row / field / config
 key, found before any build, model load or evaluation; Ctrl-C exits 130 with one line. No model is trained here:
 the protocol, the mini-world build and (where the error must come first) the model load are replaced by stubs that
 fail the test if they are reached."""

@@ -263,7 +263,7 @@ def test_shared_prefix_cache_is_not_copied_per_row():
 
 def test_kv_bytes_and_rows_from_free_memory():
     """LLaVA-1.5-7B/13B bf16: 2 x layers x kv_heads x head_dim x 2 bytes per token; a 3,500-token prefix copy is
-    1.8 / 2.9 GB (issue 7). Rows are capped by 0.7 x free memory / bytes per row."""
+    1.8 / 2.9 GB. Rows are capped by 0.7 x free memory / bytes per row."""
     from pulse.eval.generate import MEMORY_FRACTION, kv_bytes_per_token, row_bytes, rows_that_fit
 
     def shaped(layers, hidden, heads, ffn):
@@ -311,17 +311,17 @@ def test_runner_draws_each_sets_demo_person_from_its_own_ids(small_world, monkey
     from pulse.config import EvalSection
     from pulse.eval.prompts import select_demo_people
     from pulse.models.batches import Encoder
-    from pulse.protocol import runner
+    from pulse.protocol import context, results
 
-    monkeypatch.setattr(runner, "evaluate_mmbench", lambda *a, **k: collections.defaultdict(float))
+    monkeypatch.setattr(context, "evaluate_mmbench", lambda *a, **k: collections.defaultdict(float))
     ev = EvalSection(scoring="generate", demo_people=1, demo_seed=5, max_new_tokens=3, batch_size=16)
     ctx = types.SimpleNamespace(cfg=types.SimpleNamespace(eval=ev), mmbench=[])
     lm = load_model(small_world / "models" / "finetuned")
     enc = Encoder(lm.processor)
     people = sorted(read_people(small_world / "mllmu", "Full_Set"), key=lambda p: p.id)[:5]
     unlearn, retain = people[:2], people[2:]
-    sets = runner._eval_sets(ctx, "finetuned", unlearn, retain)
-    mcq, _ = runner.Context.evaluate(ctx, lm, enc, sets)
+    sets = context.eval_sets(ctx, "finetuned", unlearn, retain)
+    mcq, _ = context.Context.evaluate(ctx, lm, enc, sets)
     for name, group in (("unlearn", unlearn), ("retain", retain)):
         ids = [p.id for p in group]
         assert mcq["demo_ids"][name] == {f: select_demo_people(ids, 1, 5) for f in ("image", "text")}
@@ -331,13 +331,13 @@ def test_runner_draws_each_sets_demo_person_from_its_own_ids(small_world, monkey
     assert len(mcq["predictions"]) == 10 * (len(people) - 2)
     assert all({"output", "first_token"} <= set(p) for p in mcq["predictions"])
     splits = {"unlearn": [p.id for p in unlearn], "retain": [p.id for p in retain]}
-    rows = runner._rows({"request": 0}, splits, mcq, collections.defaultdict(float), None, "ok")
+    rows = results.budget_rows({"request": 0}, splits, mcq, collections.defaultdict(float), None, "ok")
     n = {(r["split"], r["modality"]): r["n"] for r in rows}
     assert n[("unlearn", "image")] == 5 * 1 and n[("retain", "text")] == 5 * (len(retain) - 1)
 
-    zero = runner._eval_sets(ctx, "pretrained", unlearn, retain)
+    zero = context.eval_sets(ctx, "pretrained", unlearn, retain)
     assert {k: v[1] for k, v in zero.items()} == {"unlearn": 0, "retain": 0}
-    mcq0, _ = runner.Context.evaluate(ctx, lm, enc, zero)
+    mcq0, _ = context.Context.evaluate(ctx, lm, enc, zero)
     assert mcq0["demo_ids"] == {s: {"image": [], "text": []} for s in ("unlearn", "retain")}
     assert len(mcq0["predictions"]) == 10 * len(people) and mcq0["demo_people"] == {"unlearn": 0, "retain": 0}
 

@@ -157,10 +157,10 @@ def test_a_cap_above_the_budget_is_allowed_with_a_constant_schedule():
     cfg = load_config(SMALL_CONFIG, ["unlearn.stop.rule=never_learned", "eval.every=2", "unlearn.stop.max_steps=50",
                                      "methods=[ga,npo]", "sweep={npo: {lr: [1e-3, 2e-3], beta: [0.1, 1]}}"])
     assert cfg.unlearn.schedule == "constant" and cfg.sweep["npo"]["beta"] == [0.1, 1.0]
-    from pulse.protocol.runner import _plan, _variants
-    assert list(_variants(cfg)) == ["npo@lr=0.001+beta=0.1", "npo@lr=0.001+beta=1", "npo@lr=0.002+beta=0.1",
+    from pulse.protocol.plan import plan as run_plan, variants
+    assert list(variants(cfg)) == ["npo@lr=0.001+beta=0.1", "npo@lr=0.001+beta=1", "npo@lr=0.002+beta=0.1",
                                     "npo@lr=0.002+beta=1"]
-    plan = _plan(cfg)
+    plan = run_plan(cfg)
     assert ("npo@lr=0.002+beta=1", "proj+llm") in plan["finetuned"]
     assert not any("@" in m for m, _ in plan["sustainability"])
 
@@ -255,7 +255,7 @@ def test_pretrained_target_uses_celebrities_outside_the_selection(tmp_path):
     retain, as many chosen as D_unlearn has people; the target is the reference + margin, cached per seed."""
     from types import SimpleNamespace
 
-    from pulse.protocol.runner import _stop_target
+    from pulse.protocol.baseline import People, stop_target
 
     cfg = load_config(SMALL_CONFIG, ["eval.every=1", "unlearn.stop.rule=never_learned", "unlearn.stop.margin=2.5"])
     from pulse.protocol.fingerprint import run_identity
@@ -265,11 +265,12 @@ def test_pretrained_target_uses_celebrities_outside_the_selection(tmp_path):
     correct = {"S1": everything_right, "S2": everything_right, "S3": everything_right,  # selected: never candidates
                "N1": nothing_right, "N2": everything_right, "N3": {"image": "10000", "text": "00001"}}
     unlearn, retain = [person("S1"), person("S2")], [person("S3")]
-    got = _stop_target(ctx, "pretrained", 0, unlearn, retain, {"correct": correct})
+    people = People(unlearn, retain, None, "pretrained", None)
+    got = stop_target(ctx, "pretrained", 0, people, {"correct": correct})
     halves = {f: split_indices("N3", f, list(range(5)), 0) for f in ("image", "text")}
     n3_sel = sum(halves[f][i] == "sel" for f, i in (("image", 0), ("text", 4)))
     assert got["people"] == ["N1", "N3"]  # the lowest on the held-out half (N2: 100 %)
     assert got["n"] == 12 and got["reference"] == pytest.approx(100 * n3_sel / 12)
     assert got["target"] == pytest.approx(got["reference"] + 2.5)
     assert json.loads((tmp_path / "cells" / "pretrained" / "reference__seed0.json").read_text()) == got
-    assert _stop_target(ctx, "sustainability", 0, unlearn, retain, None) is None  # fixed budget only
+    assert stop_target(ctx, "sustainability", 0, people, None) is None  # fixed budget only

@@ -1,5 +1,5 @@
 """Fingerprints of run-directory files (protocol/fingerprint.py): identity rules, which config parts a file holds,
-and `pulse run` refusing a resume that would mix runs (issue 10 §3)."""
+and `pulse run` refusing a resume that would mix runs."""
 import hashlib
 import json
 import os

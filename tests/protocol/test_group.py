@@ -1,4 +1,4 @@
-"""`pulse run` in a process group (issue 9 §3): under `accelerate launch` / torchrun, process 0 runs the protocol and
+"""`pulse run` in a process group: under `accelerate launch` / torchrun, process 0 runs the protocol and
 every process joins its full-parameter requests, sharded with FSDP2 (unlearn/sharded.py). Two gloo CPU processes
 give the serial, unsharded run's results.csv byte for byte."""
 import json

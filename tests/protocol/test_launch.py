@@ -1,4 +1,4 @@
-"""Issue 9: cells fan out over processes (local workers, submitit job arrays, several `pulse run` on one directory)
+"""Cells fan out over processes (local workers, submitit job arrays, several `pulse run` on one directory)
 and give the same results.csv, byte for byte, as one serial run; claims are taken over from dead workers."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Progress bars (issue 10 §2): every long phase of `pulse run` and the mini build has one, named after the phase;
+"""Progress bars: every long phase of `pulse run` and the mini build has one, named after the phase;
 PULSE_PROGRESS switches them; log lines and errors always start a line of their own, never glued to a bar.
 
 What a terminal shows is rebuilt from the raw bytes by `render` (carriage return, newline, tqdm's cursor-up)."""
@@ -106,12 +106,12 @@ def test_stage_labels_nest_and_end_with_their_block():
 
 
 def test_a_log_line_is_a_line_of_its_own_while_bars_are_active(monkeypatch, tmp_path):
-    """The runner's console log (`_tee` with print) clears the bars, writes its line, redraws them."""
-    from pulse.protocol.runner import _tee
+    """The runner's console log (`tee` with print) clears the bars, writes its line, redraws them."""
+    from pulse.protocol.rundir import tee
 
     terminal = on_terminal(monkeypatch)
 
-    say = _tee(print, tmp_path / "run.log")
+    say = tee(print, tmp_path / "run.log")
     outer = progress.bar(desc="PULSE cells", total=4, leave=True)
     inner = progress.bar(desc="training", total=10)
     inner.update(3)

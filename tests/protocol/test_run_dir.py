@@ -1,4 +1,4 @@
-"""A run directory that never lies (issue 10 §3): a diverged request leaves empty accuracies and ends its sequence;
+"""A run directory that never lies: a diverged request leaves empty accuracies and ends its sequence;
 a damaged stored file is one line naming it and what to delete; deleting it is enough to recompute it."""
 import json
 import math
@@ -11,7 +11,7 @@ import torch
 
 from pulse.config import load_config
 from pulse.errors import PulseError
-from pulse.protocol import runner
+from pulse.protocol import baseline, request, rundir, runner
 
 from ..conftest import SMALL_CONFIG
 
@@ -112,7 +112,7 @@ def test_a_diverged_request_ends_its_sequence_with_empty_accuracies(seq_run, tmp
 
     def no_training(*a, **kw):
         raise AssertionError("a diverged cell was run again")
-    monkeypatch.setattr(runner, "unlearn_request", no_training)
+    monkeypatch.setattr(request, "unlearn_request", no_training)
     before = (run / "results.csv").read_bytes()
     _run(run, SEQ + ["save_adapters=true"])
     assert (run / "results.csv").read_bytes() == before
@@ -138,7 +138,7 @@ DAMAGE = {"truncated": b'{"meta": {"scenario": "sustainability", "met', "garbage
 @pytest.mark.parametrize("damage", DAMAGE)
 @pytest.mark.parametrize("rel,overrides", STORED, ids=[f.split("/")[-1] for f, _ in STORED])
 def test_a_damaged_stored_file_is_one_line_before_anything_runs(tmp_path, rel, overrides, damage, monkeypatch):
-    monkeypatch.setattr(runner, "Context", lambda *a: pytest.fail("loaded before the check"))
+    monkeypatch.setattr(rundir, "Context", lambda *a: pytest.fail("loaded before the check"))
     path = tmp_path / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(DAMAGE[damage])
@@ -196,6 +196,61 @@ def test_a_damaged_checkpoint_or_adapter_names_the_folder_to_delete(tmp_path):
         stored.apply(torch.nn.Linear(2, 2), adapter)
 
 
+# --- a damaged manifest, a full disk --------------------------------------------------------------------------------
+
+def _cli_run(run) -> int:
+    from pulse.cli import main
+    return main(["run", str(SMALL_CONFIG), "--out", str(run), "--no-report", *SEQ])
+
+
+@pytest.mark.slow
+def test_a_truncated_manifest_is_one_line_and_deleting_it_recomputes_nothing(seq_run, tmp_path, capsys, monkeypatch):
+    from pulse.protocol import context
+
+    run = tmp_path / "run"
+    shutil.copytree(seq_run, run)
+    manifest = run / "manifest.json"
+    manifest.write_text(manifest.read_text()[:100])
+    before = {f: (run / f).read_bytes() for f in _files(run)}
+    assert _cli_run(run) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {manifest}: damaged (not valid JSON")
+    assert "delete it and rerun the same command" in err
+    assert {f: (run / f).read_bytes() for f in _files(run)} == before
+    manifest.unlink()
+    monkeypatch.setattr(context.Context, "model", lambda *a: pytest.fail("a model was loaded: something recomputed"))
+    assert _cli_run(run) == 0
+    _assert_same_files(seq_run, run)
+    assert json.loads(manifest.read_text())["folds"]  # written anew, with the baseline's record
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_an_adapter_is_one_line_and_the_rerun_gives_the_same_files(seq_run, tmp_path, capsys,
+                                                                                             monkeypatch):
+    from peft import PeftModel
+    from safetensors import SafetensorError
+
+    run, saved, original = tmp_path / "run", [], PeftModel.save_pretrained
+
+    def save_pretrained(self, *args, **kwargs):  # request 2's adapter meets a full disk
+        saved.append(args[0])
+        if len(saved) == 2:
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                  '"No space left on device" })')
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(PeftModel, "save_pretrained", save_pretrained)
+    assert _cli_run(run) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {run / CELL / '.request2.adapter.partial'}: cannot save what the request changed "
+                          f"(no space left on device); free some space and rerun the same command")
+    assert (run / CELL / "request1.json").is_file() and not (run / CELL / "request2.json").exists()
+    monkeypatch.setattr(PeftModel, "save_pretrained", original)
+    assert _cli_run(run) == 0
+    _assert_same_files(seq_run, run)
+
+
 # --- deleting is enough ----------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -237,8 +292,8 @@ def test_a_deleted_selection_is_recomputed_identically(small_world, tmp_path):
     """selection.json (the base model's accuracy on every celebrity) deleted: evaluated again, the same bytes."""
     ctx = runner.Context(load_config(SMALL_CONFIG, ["scenarios=[pretrained]", "methods=[ga]"]), tmp_path,
                          log=lambda *_: None)
-    runner._selection(ctx)
+    baseline.selection(ctx)
     first = (tmp_path / "selection.json").read_bytes()
     (tmp_path / "selection.json").unlink()
-    runner._selection(ctx)
+    baseline.selection(ctx)
     assert (tmp_path / "selection.json").read_bytes() == first

@@ -145,21 +145,21 @@ def test_builtin_defaults_match_the_documented_default_config():
 def test_rows_give_circular_and_vanilla_mmbench():
     """results.csv rows for MMBench: "mmbench" is CircularEval, "mmbench_vanilla" rotation 0; each relative to
     request 0's own metric."""
-    from pulse.protocol.runner import _rows
+    from pulse.protocol.results import budget_rows
 
     mcq = {"predictions": []}  # no MCQ splits: only the MMBench rows
     ref = {"mcq": mcq, "mmbench": {"circular": 40.0, "vanilla": 80.0, "groups": 10}}
     now = {"circular": 10.0, "vanilla": 60.0, "groups": 10}
-    rows = _rows({"request": 1}, {}, mcq, now, ref, "ok")
+    rows = budget_rows({"request": 1}, {}, mcq, now, ref, "ok")
     mmb = {r["split"]: r for r in rows if r["split"].startswith("mmbench")}
     assert mmb["mmbench"]["accuracy"] == 10.0 and mmb["mmbench"]["relative"] == 25.0
     assert mmb["mmbench_vanilla"]["accuracy"] == 60.0 and mmb["mmbench_vanilla"]["relative"] == 75.0
     assert mmb["mmbench"]["n"] == mmb["mmbench_vanilla"]["n"] == 10
-    r0 = {r["split"]: r["relative"] for r in _rows({"request": 0}, {}, mcq, now, None, "ok")}
+    r0 = {r["split"]: r["relative"] for r in budget_rows({"request": 0}, {}, mcq, now, None, "ok")}
     assert r0 == {"mmbench": 100.0, "mmbench_vanilla": 100.0}
 
 
-# --- trade-off curves, matched forgetting, equal search budget (issue 8 §1) ------------------------------------------
+# --- trade-off curves, matched forgetting, equal search budget ---------------------------------------------------
 
 # 6 people, 3 to unlearn: a budget of 4 steps (30 samples, batch 8); checkpoints at 0, 3, 4 (the budget), 6 and
 # 8 (the cap)
@@ -181,7 +181,7 @@ def curve_runs(small_world, tmp_path_factory):
     kill is an exception from the in-request hook right after an evaluation past the budget — before
     that evaluation's checkpoint is saved — in the first cell that trains past the budget (the reference run
     says which); if none does, at step 4. Returns (reference dir, resumed dir, what the hooks saw)."""
-    from pulse.protocol import runner
+    from pulse.protocol import request, runner
 
     cfg = load_config(SMALL_CONFIG, CURVES)
     root = tmp_path_factory.mktemp("curves")
@@ -194,7 +194,7 @@ def curve_runs(small_world, tmp_path_factory):
         if later:
             kill, saved = (method, later[0]), max(p["step"] for p in cell["curve"] if p["step"] < later[0])
             break
-    orig, seen = runner.unlearn_request, {"first_k": {}, "kill": kill, "saved": saved}
+    orig, seen = request.unlearn_request, {"first_k": {}, "kill": kill, "saved": saved}
 
     def wrapped(killing):
         def unlearn_request(*a, after_step=None, ckpt=None, **kw):
@@ -208,14 +208,14 @@ def curve_runs(small_world, tmp_path_factory):
             return orig(*a, after_step=hook, ckpt=ckpt, **kw)
         return unlearn_request
 
-    runner.unlearn_request = wrapped(True)
+    request.unlearn_request = wrapped(True)
     try:
         with pytest.raises(Killed):
             runner.run(cfg, root / "resumed", log=lambda *_: None)
-        runner.unlearn_request = wrapped(False)
+        request.unlearn_request = wrapped(False)
         runner.run(cfg, root / "resumed", log=lambda *_: None)
     finally:
-        runner.unlearn_request = orig
+        request.unlearn_request = orig
     return root / "reference", root / "resumed", seen
 
 
@@ -322,12 +322,13 @@ def test_matched_evaluation_reuses_the_checkpoint_and_equals_a_full_evaluation(s
     from contextlib import contextmanager
 
     from pulse.protocol import curves as C
-    from pulse.protocol import runner
+    from pulse.protocol import baseline, context, runner, track as tracking
 
     ctx = runner.Context(load_config(SMALL_CONFIG, CURVES), tmp_path, log=lambda *_: None)
-    unlearn, retain, *_ = runner._scenario_sets(ctx, "finetuned", 0, None)
+    people = baseline.scenario_people(ctx, "finetuned", 0, None)
+    unlearn, retain = people.unlearn, people.retain
     lm, enc = ctx.model("finetuned")
-    model, sets = lm.model, runner._eval_sets(ctx, "finetuned", unlearn, retain)
+    model, sets = lm.model, context.eval_sets(ctx, "finetuned", unlearn, retain)
     halves = C.half_keys(unlearn + retain, 0)
 
     @contextmanager
@@ -337,7 +338,7 @@ def test_matched_evaluation_reuses_the_checkpoint_and_equals_a_full_evaluation(s
     calls = []
     ctx.mmbench_eval = lambda lm_, enc_, items, _f=ctx.mmbench_eval: calls.append(len(items)) or _f(lm_, enc_, items)
     stop = {"reference": 0.0, "margin": 100.0, "target": 100.0}  # any accuracy reaches it: matched at step 3
-    track = runner._Track(ctx, lm, enc, sets, halves, None, 4, 8, 8, stop)
+    track = tracking.Track(ctx, lm, enc, sets, halves, None, 4, 8, 8, stop)
     assert track.after_step(3, in_eval) == "checkpoint"
     mt, point = track.state["matched"], track.state["curve"][0]
     assert mt["step"] == 3 and mt["reached"] and mt["sel"] == point["sel"]
@@ -347,7 +348,7 @@ def test_matched_evaluation_reuses_the_checkpoint_and_equals_a_full_evaluation(s
     assert mt["held"] == C.encode(halves["held"], mcq["predictions"]) and "-" not in mt["held"]
     assert {k: mt["mmbench"][k] for k in ("circular", "vanilla", "groups")} == \
         {k: mmb[k] for k in ("circular", "vanilla", "groups")}
-    assert point["mmbench"] == runner._sub_point(ctx, mmb)
+    assert point["mmbench"] == context.sub_point(ctx, mmb)
     assert track.after_step(4, in_eval) == "stop"  # the budget, target met: the request ends here
 
 
@@ -358,7 +359,7 @@ def test_probes_run_after_the_last_request_and_resume(small_world, tmp_path):
     request and the probes rebuilds the model from the saved requests and gives the same files."""
     import pandas as pd
 
-    from pulse.protocol import runner
+    from pulse.protocol import cell, runner
 
     cfg = load_config(SMALL_CONFIG, ["scenarios=[finetuned]", "methods=[ga]", "table3_targets=[]",
                                      "probes.run=[relearn,routes,quant]", "probes.scenarios=[finetuned]",
@@ -395,7 +396,7 @@ def test_probes_act_on_the_budget_model_when_training_went_on_for_matched_forget
                      {k: v.clone() for k, v in lm.model.state_dict().items()}))
         return {}  # writes no probes.json: the next run calls the probes again, from the stored request
 
-    monkeypatch.setattr(runner, "run_probes", spy)
+    monkeypatch.setattr(cell, "run_probes", spy)
     cfg = load_config(SMALL_CONFIG, ["scenarios=[finetuned]", "methods=[ga]", "table3_targets=[]", "eval.every=2",
                                      "unlearn.stop={rule: never_learned, margin: -100.0, max_steps: 8}",
                                      "unlearn.lr=0.01", "probes.run=[quant]", "probes.scenarios=[finetuned]"])

@@ -234,3 +234,21 @@ def test_method_source_identifies_the_file(repo_cwd):
     path = ROOT / "examples" / "my_method.py"
     assert (src["module"], src["name"], Path(src["file"]).resolve()) == ("examples.my_method", "wga", path)
     assert src["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_a_plugin_method_goes_by_its_name_in_results_and_folders(small_world, repo_cwd, tmp_path):
+    """results.csv, cell folders and the report show `Method.name` (wga); the manifest records the reference."""
+    import json
+
+    import pandas as pd
+
+    from pulse.protocol import runner
+
+    cfg = load_config(ROOT / "configs" / "mini" / "small.yaml",
+                      ["scenarios=[finetuned]", f"methods=[{REF}]", "table3_targets=[]", "eval.mmbench_groups=4",
+                       "scenario.finetuned.people=6", "scenario.finetuned.unlearn=2"])
+    out = runner.run(cfg, tmp_path / "run", log=lambda *_: None)
+    assert set(pd.read_csv(out / "results.csv").method) == {"wga"}
+    assert (out / "cells" / "finetuned" / "wga__proj+llm__seed0" / "request1.json").is_file()
+    assert json.loads((out / "manifest.json").read_text())["method_references"] == {"wga": REF}

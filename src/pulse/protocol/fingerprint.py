@@ -1,4 +1,4 @@
-"""Fingerprints: what produced each file of a run directory, checked before a resume reuses it (issue 10 §3).
+"""Fingerprints: what produced each file of a run directory, checked before a resume reuses it.
 
 Every cell file (`cells/**/*.json` except `sweep__seed<S>.json`, which every run rebuilds from the cells, as it does
 results.csv), selection.json and every in-request checkpoint folder (`.request<R>.progress/fingerprint.json`) holds
@@ -43,12 +43,13 @@ from ..config import to_dict
 from ..data.mllmu import TEST_SET
 from ..errors import PulseError
 from ..fsutil import atomic_write_json
+from ..unlearn.methods import get_method, method_params
+from .plan import MATCHED_SCENARIOS, cell_recipe
 
 WEIGHTS_FULL_MAX = 64 * 2**20  # bytes: weight files hashed whole up to this size, sampled above
 FULL_HASH_MAX = 2 * 2**30  # bytes: any other file hashed whole up to this size
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
 SAMPLES, WINDOW, EDGE = 32, 64 * 2**10, 2**20
-MATCHED_SCENARIOS = ("finetuned", "pretrained")  # as runner.MATCHED_SCENARIOS
 SCENARIO_FILES = ("request0", "reference", "probe_control", "probe_routes_request0", "probe_quant_request0")
 KEY = "fingerprint"
 
@@ -118,7 +119,7 @@ def _input(ident: dict, name: str) -> dict[str, str]:
 # --- what a file depends on -------------------------------------------------------------------------------------
 
 def kind_of(rel: tuple[str, ...]) -> tuple[str, str | None, str | None, int | None]:
-    """(kind, scenario, method, seed) of a run-directory file from its path parts (runner.py's layout)."""
+    """(kind, scenario, method, seed) of a run-directory file from its path parts (layout: protocol/runner.py)."""
     if rel == ("selection.json",):
         return "selection", None, None, None
     if len(rel) == 3 and rel[0] == "cells" and "__seed" in rel[2]:
@@ -185,9 +186,7 @@ def config_parts(ctx, kind: str, scenario: str | None, method: str | None) -> tu
     inputs = [phase_model, people_data, "data.mmbench"]
     if kind == "request0":
         return request0, inputs
-    from ..unlearn.methods import get_method, method_params
-    from .runner import _recipe
-    registered, ucfg = _recipe(ctx, scenario, method)
+    registered, ucfg = cell_recipe(cfg, scenario, method)
     params = method_params(get_method(registered), ucfg.params)
     parts = {**request0, **({} if fictional else pick("scenario.pretrained.mode")), **_recipe_parts(ucfg, fictional),
              **{f"unlearn.params.{registered}.{k}": v for k, v in sorted(params.items())}}

@@ -1,7 +1,7 @@
 """Seeded question halves: every MCQ of D_unlearn and D_retain is in the *selection* half ("sel") or the
 *held-out* half ("held"), fixed for a run by `eval.half_seed`.
 
-Rule (shared design, issue 8): within each person and form, the questions are ranked by
+Rule: within each person and form, the questions are ranked by
 sha256(f"{seed}:{person_id}:{form}:{index}") (hex digest, ascending; ties impossible in practice, then by index);
 the first ceil(n/2) are "sel", the rest "held". So each person&form contributes ceil(n/2) / floor(n/2) questions
 (MLLMU-Bench and the mini world: 5 per form -> 3 sel, 2 held), and a question's half does not depend on which

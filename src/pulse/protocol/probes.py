@@ -1,4 +1,4 @@
-"""Probes of real forgetting: evaluations of an unlearned model state (issue 8 §2). Each probe is a plain function
+"""Probes of real forgetting: evaluations of an unlearned model state. Each probe is a plain function
 called by the runner after a cell's last request with the unlearned model; it returns (payload, rows): a JSON-able
 payload for the cell's `probes.json` and tidy results.csv rows, which `probe_rows(payload)` rebuilds from the payload
 alone. Baselines that do not depend on the method (request-0 model, never-learned control) are cached once per
@@ -57,14 +57,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import random
 import re
 from pathlib import Path
 
 from .. import progress
-from ..config import FinetuneSection, Recipe
-from ..data.mllmu import TEST_SET, choose_test_image, config_files, read_people
+from ..data.mllmu import TEST_SET, choose_test_image
 from ..data.records import FORMS, MCQ, Person
 from ..errors import PulseError
 from ..eval.mcq import evaluate_mcq
@@ -73,9 +71,9 @@ from ..fsutil import atomic_write_json
 from ..models.batches import forward
 from ..unlearn.loop import batch_plan, finish, fit, prepare
 from ..unlearn.losses import nll
-from . import claims
-from . import fingerprint as F
-from . import stored as S
+from ..unlearn.recipe import FinetuneSection, Recipe
+from . import claims, fingerprint, stored
+from .plan import PHASE, stable_seed
 
 ROUTES = ("image", "text", "test_set", "name_only")
 ROUTE_PROBES = tuple(f"route_{r}" for r in ROUTES) + ("route_all",)
@@ -88,15 +86,6 @@ _PHRASE = re.compile(r"\b(" + "|".join(re.escape(p) for p in sorted(PERSON_PHRAS
 
 
 # --- shared helpers ---------------------------------------------------------------------------------------------
-
-def _seed(*parts) -> int:
-    """A stable 31-bit seed from the parts (the runner's rule; Python's hash() is salted per process)."""
-    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) % 2**31
-
-
-def _phase(scenario: str) -> str:
-    return "pretrained" if scenario == "pretrained" else "finetuned"
-
 
 def _compact(p: dict) -> dict:
     return {"person_id": p["person_id"], "form": p["form"], "index": p["index"], "prediction": p["prediction"],
@@ -248,22 +237,22 @@ def relearn_control(ctx, scenario: str, seed: int, sets: dict, forget_of) -> tup
 
 def _relearn_control(ctx, path: Path, scenario: str, seed: int, sets: dict, forget_of) -> tuple[dict, list[dict]]:
     if path.is_file():
-        payload = S.read(path)
-        with S.reading(path):
+        payload = stored.read(path)
+        with stored.reading(path):
             return payload, probe_rows(payload)
     people, n_demo = sets["unlearn"]
     if scenario == "pretrained":
         sel_path = ctx.out / "selection.json"
         if not sel_path.is_file():
             raise PulseError(f"{sel_path}: missing; the pre-trained relearn control needs the base accuracies")
-        selection = S.read(sel_path)
+        selection = stored.read(sel_path)
         people = never_known(ctx.celebrities, selection, len(people))
         rule = ("base model on the celebrities it knows least (lowest base accuracy in selection.json, not "
                 "selected, as many as D_unlearn, ties by ID)")
         base_acc = {p.id: selection["accuracy"][p.id] for p in people}
     else:
         rule, base_acc = "the fine-tuning base (the pretrained checkpoint) on D_unlearn's people", None
-    recipe = attack_recipe(ctx.cfg, _seed(seed, scenario, "relearn"))
+    recipe = attack_recipe(ctx.cfg, stable_seed(seed, scenario, "relearn"))
     attacked_half, measured = relearn_halves(people, seed)
     ctx.log(f"relearn control: {scenario} seed {seed}")
     lm, enc = ctx.model("pretrained")
@@ -278,7 +267,7 @@ def _relearn_control(ctx, path: Path, scenario: str, seed: int, sets: dict, forg
                "recipe": dataclasses.asdict(recipe), "training": info, "before": before, "after_attack": after}
     payload["gain"] = {m: accuracy(_of(after, payload["halves"]["measured"]), m)[0]
                        - accuracy(_of(before, payload["halves"]["measured"]), m)[0] for m in ("image", "text", "all")}
-    payload = F.stamped(ctx, path, payload)
+    payload = fingerprint.stamped(ctx, path, payload)
     atomic_write_json(path, payload)
     return payload, probe_rows(payload)
 
@@ -290,7 +279,7 @@ def relearn_probe(ctx, scenario: str, seed: int, lm, enc, sets: dict, ref: dict,
     `forget_of(people, template)`: the scenario's unlearning-sample builder. Runs (or loads) the control too."""
     people, n_demo = sets["unlearn"]
     control, _ = relearn_control(ctx, scenario, seed, sets, forget_of)
-    recipe = attack_recipe(ctx.cfg, _seed(seed, scenario, "relearn"))
+    recipe = attack_recipe(ctx.cfg, stable_seed(seed, scenario, "relearn"))
     attacked_half, measured = relearn_halves(people, seed)
     ids = _ids(people)
     before = _of(ref["mcq"]["predictions"], ids)
@@ -371,19 +360,6 @@ def route_all(correct_by_route: dict[str, dict[tuple, bool]]) -> dict[tuple, boo
     return {k: any(v[k] for v in correct_by_route.values()) for k in keys}
 
 
-def _test_set(ctx) -> dict[str, Person] | None:
-    """Test_Set people by ID (read once per Context), or None when the data has no Test_Set folder."""
-    if not hasattr(ctx, "_probe_test_set"):
-        root = Path(ctx.paths["mllmu"])
-        try:
-            config_files(root, TEST_SET)
-        except PulseError:
-            ctx._probe_test_set = None
-        else:
-            ctx._probe_test_set = {p.id: p for p in read_people(root, TEST_SET)}
-    return ctx._probe_test_set
-
-
 def _route_setup(ctx, scenario, seed, sets):
     """Facts per person, Test_Set partners and chosen images, and which routes are unavailable (and why)."""
     unavailable = {}
@@ -391,7 +367,7 @@ def _route_setup(ctx, scenario, seed, sets):
     if scenario == "pretrained":
         unavailable["test_set"] = "Test_Set holds the fictional people only (no celebrities)"
     else:
-        test = _test_set(ctx)
+        test = ctx.test_set
         if test is None:
             unavailable["test_set"] = f"{ctx.paths['mllmu']}/{TEST_SET}: not found"
     facts, test_images = {}, {}
@@ -453,16 +429,16 @@ def routes_probe(ctx, scenario: str, seed: int, lm, enc, sets: dict, ref: dict, 
     path = _cache(ctx, scenario, "probe_routes_request0", seed)
     with claims.claim(path.with_suffix(".lock")):  # computed once, whichever cell gets there first
         if path.is_file():
-            request0 = F.unstamped(S.read(path))
+            request0 = fingerprint.unstamped(stored.read(path))
             if any(r not in request0 for r in routes):
-                raise S.damaged(path, f"no route {next(r for r in routes if r not in request0)!r}")
+                raise stored.damaged(path, f"no route {next(r for r in routes if r not in request0)!r}")
         else:
             ctx.log(f"routes probe: request-0 model, {scenario} seed {seed}")
-            lm0, enc0 = ctx.model(_phase(scenario))
+            lm0, enc0 = ctx.model(PHASE[scenario])
             with progress.stage("request-0 model"):
                 request0 = _route_predictions(ctx, lm0, enc0, sets, facts, test, test_images, routes,
                                               ref["mcq"]["predictions"])
-            atomic_write_json(path, F.stamped(ctx, path, request0))
+            atomic_write_json(path, fingerprint.stamped(ctx, path, request0))
     after = _route_predictions(ctx, lm, enc, sets, facts, test, test_images, routes,
                                cell["mcq"]["predictions"] if cell else None)
     n_dropped = sum(1 for fs in facts.values() for f in fs
@@ -515,14 +491,14 @@ def quant_probe(ctx, scenario: str, seed: int, lm, enc, sets: dict, ref: dict, m
     bits_list = list(ctx.cfg.probes.quant_bits)
     path = _cache(ctx, scenario, "probe_quant_request0", seed)
     with claims.claim(path.with_suffix(".lock")):  # computed once, whichever cell gets there first
-        request0 = F.unstamped(S.read(path)) if path.is_file() else {}
+        request0 = fingerprint.unstamped(stored.read(path)) if path.is_file() else {}
         missing = [b for b in bits_list if str(b) not in request0]
         if missing:
             ctx.log(f"quant probe: request-0 model, {scenario} seed {seed}")
-            lm0, enc0 = ctx.model(_phase(scenario))
+            lm0, enc0 = ctx.model(PHASE[scenario])
             with progress.stage("request-0 model"):
                 request0.update(_quant_predictions(ctx, lm0, enc0, sets, missing))
-            atomic_write_json(path, F.stamped(ctx, path, request0))
+            atomic_write_json(path, fingerprint.stamped(ctx, path, request0))
     after = _quant_predictions(ctx, lm, enc, sets, bits_list)
     payload = {"probe": "quant", "meta": meta, "scheme": SCHEME, "layers": "every Linear except lm_head",
                "bits": bits_list, "splits": {name: _ids(people) for name, (people, _) in sets.items()},
@@ -565,7 +541,7 @@ def run_probes(ctx, scenario: str, seed: int, lm, enc, sets: dict, ref: dict, me
         return {}
     path = Path(folder) / "probes.json" if folder is not None else None
     if path is not None and path.is_file():
-        return F.unstamped(S.read(path))
+        return fingerprint.unstamped(stored.read(path))
     out = {}
     cell_label = f"{scenario} {meta['method']} {meta['target']} seed {seed}"
     if "relearn" in p.run:
@@ -578,7 +554,7 @@ def run_probes(ctx, scenario: str, seed: int, lm, enc, sets: dict, ref: dict, me
         with progress.stage(f"quant probe {cell_label}"):
             out["quant"], _ = quant_probe(ctx, scenario, seed, lm, enc, sets, ref, meta)
     if path is not None:
-        atomic_write_json(path, F.stamped(ctx, path, out))
+        atomic_write_json(path, fingerprint.stamped(ctx, path, out))
     return out
 
 
@@ -587,10 +563,10 @@ def cell_rows(folder: Path) -> list[dict]:
     path = Path(folder) / "probes.json"
     if not path.is_file():
         return []
-    return [r for payload in F.unstamped(S.read(path)).values() for r in probe_rows(payload)]
+    return [r for payload in fingerprint.unstamped(stored.read(path)).values() for r in probe_rows(payload)]
 
 
 def control_rows(out: Path, scenario: str, seed: int) -> list[dict]:
     """Rows of the cached relearn control of a scenario and seed (none if absent) — emit once per scenario+seed."""
     path = Path(out) / "cells" / scenario / f"probe_control__seed{seed}.json"
-    return probe_rows(S.read(path)) if path.is_file() else []
+    return probe_rows(stored.read(path)) if path.is_file() else []

@@ -61,3 +61,18 @@ def pair_samples(pairs: list[QAPair], people: list[Person], template) -> list[Sa
     if missing:
         raise PulseError(f"training QA has no pairs for people {sorted(missing)[:5]}")
     return out
+
+
+def splits(scenario: str, unlearn, retain, folds, request: int) -> dict[str, list[str]]:
+    """The person-ID splits evaluated after `request`: unlearn and retain; in the sustainability scenario also the
+    current fold, the folds done so far and those still pending."""
+    def ids(people):
+        return [p.id for p in people]
+    out = {"unlearn": ids(unlearn), "retain": ids(retain)}
+    if scenario == "sustainability":
+        if request >= 1:
+            out["fold_current"] = ids(folds[request - 1])
+            out["folds_done"] = [i for f in folds[:request] for i in ids(f)]
+        if request < len(folds):
+            out["folds_pending"] = [i for f in folds[request:] for i in ids(f)]
+    return out

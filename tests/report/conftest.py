@@ -100,7 +100,7 @@ def make_results(seeds=SEEDS, scenarios=("finetuned", "pretrained", "sustainabil
     return pd.DataFrame(rows, columns=columns)
 
 
-# --- issue 8 rows: checkpoints (curves), matched forgetting, probes -------------------------------------------
+# --- rows of the columns probe, step, at: checkpoints (curves), matched forgetting, probes ----------------------
 # Checkpoints of request 1 at steps 0, 2, 4 (fine-tuned and pre-trained, target proj+llm): accuracy of seed index i
 # = START + 2 i - SLOPE * step, splits unlearn_sel / retain_sel / mmbench_sub (and mmbench_sub_vanilla = + 10).
 STEPS = (0, 2, 4)
@@ -132,8 +132,8 @@ PROBE_BASE = {"route_image": 0.0, "route_text": 0.0, "route_test_set": 0.0, "rou
 
 
 def make_full(seeds=SEEDS, probes=True, matched=True, checkpoints=True) -> pd.DataFrame:
-    """make_results() with the issue-8 columns and rows (at budget + request 0 held-out / selection splits,
-    checkpoints, matched forgetting, probes)."""
+    """make_results() with the columns probe, step, at and their rows (at budget + request 0 held-out / selection
+    splits, checkpoints, matched forgetting, probes)."""
     df = make_results(seeds=seeds)
     df["probe"], df["step"], df["at"] = "none", None, "budget"
     rows = []

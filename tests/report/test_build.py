@@ -172,7 +172,7 @@ def full(tmp_path_factory, synth):
     return report
 
 
-def test_full_build_writes_the_issue8_outputs(full):
+def test_full_build_writes_the_curve_matched_and_probe_outputs(full):
     for name in FILES + NEW_FILES:
         assert (full.parent / name).stat().st_size > 0, name
     html = full.read_text()
@@ -181,7 +181,8 @@ def test_full_build_writes_the_issue8_outputs(full):
         "figure4", "figure4_matched", "figure5", "curves_finetuned", "curves_pretrained"]
     for text in ('id="table3_matched"', "did not reach", 'id="probes-section"', "route: all routes (worst case)",
                  "matched forgetting", "unlearn.stop: {rule: never_learned, margin: 0.0, max_steps: 0}",
-                 "MMBench subset of 20 groups (CircularEval, likelihood-scored)", "<td>P3</td>"):
+                 "MMBench (CE, likelihood), checkpoint subset of 20 questions", "<td>P3</td>",
+                 "recorded values: finetuned target = never-learned reference + margin: seed 0 55.0 + 0 = 55.0"):
         assert text in html, text
     found = json.loads((full.parent / "findings.json").read_text())
     assert [(f["id"], f["at"]) for f in found] == [
@@ -217,7 +218,7 @@ def test_fsutil_mode_follows_the_umask(tmp_path):
 def test_rebuild_without_new_rows_removes_stale_outputs(full, synth):
     out = full.parent
     run = out.parent
-    synth.write_run(run, synth.make_results())  # the same run directory, now without issue-8 rows
+    synth.write_run(run, synth.make_results())  # the same run directory, now without those rows
     build_report([run], out)
     assert not [n for n in NEW_FILES if (out / n).exists()]
     html = (out / "report.html").read_text()

@@ -1,4 +1,5 @@
-"""results.csv schema of issue 8 (probe, step, at), the ordinary view, and up-front validation (issue 10 §3)."""
+"""results.csv with the columns probe, step, at (added after the first release), the ordinary view, and up-front
+validation (every problem one error naming the file, row and field)."""
 import math
 import re
 

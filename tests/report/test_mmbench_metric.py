@@ -8,10 +8,11 @@ import pytest
 
 from pulse.errors import PulseError
 from pulse.report import main
-from pulse.report.html import mmbench_html
+from pulse.report.html import definitions_html
 from pulse.report.figures import figure4, figure5
 from pulse.report.load import load_run
-from pulse.report.mmbench import PAPER_NOTE, caveat, comparable, label, qualifiers, select_metric
+from pulse.report.mmbench import (PAPER_NOTE, caveat, comparable, definition, definitions, label, own_label,
+                                  qualifiers, select_metric)
 from pulse.report.tables import PRE, table3, to_csv, to_markdown
 
 VANILLA_GAIN = 10.0  # vanilla accuracy = CircularEval accuracy + 10 points in these synthetic runs
@@ -56,9 +57,10 @@ def test_table3_follows_the_switch(both):
         # GA, Proj+LLM at request 1: circular 75 * 0.95, 77 * 0.97; vanilla (75 * 0.95 + 10), (77 * 0.97 + 10)
         ga = t.cell(run.label, ("proj+llm", "ga"), "mmbench").mean
         assert ga == pytest.approx((75 * 0.95 + 77 * 0.97) / 2 + (VANILLA_GAIN if metric == "vanilla" else 0))
-        name = "CircularEval" if metric == "circular" else "vanilla"
-        assert f"MMBench ({name}, likelihood-scored; not comparable with published MMBench) (\u2191)" in to_markdown(t)
-        assert f"MMBench column: MMBench ({name}" in to_markdown(t)
+        name = "CE" if metric == "circular" else "vanilla"
+        assert f"MMBench ({name}, likelihood) (\u2191)" in to_markdown(t)
+        assert f"MMBench column: MMBench ({name}, likelihood). MMBench ({name}, likelihood): " in to_markdown(t)
+        assert "likelihood-scored" in to_markdown(t) and "Not comparable with published" in to_markdown(t)
         rows = list(csv.DictReader(io.StringIO(to_csv(t))))
         assert {r["mmbench_metric"] for r in rows} == {t.mmbench}
 
@@ -66,16 +68,17 @@ def test_table3_follows_the_switch(both):
 def test_report_switch_end_to_end(both, tmp_path):
     assert main([str(both), "--out", str(tmp_path / "c")]) == 0
     assert main([str(both), "--out", str(tmp_path / "v"), "--mmbench", "vanilla"]) == 0
-    for sub, name, other in (("c", "CircularEval", "vanilla"), ("v", "vanilla", "circular")):
+    for sub, name, tag, other in (("c", "CircularEval", "CE", "vanilla"), ("v", "vanilla", "vanilla", "circular")):
         html = (tmp_path / sub / "report.html").read_text()
-        assert f"Every MMBench value in this report is <strong>MMBench ({name}" in html
+        assert f"MMBench metric shown: {name}; switch with" in html
+        assert html.count(f"MMBench ({tag}, likelihood)</dt>") == 1  # defined once, in the box
         assert f"--mmbench {other}</code>" in html
-        assert f"Figure 4: fine-tuned vs pre-trained knowledge (MMBench ({name}" in html
-        assert f"Table 3: performance by task modality (MMBench ({name}" in html
+        assert f"Figure 4: fine-tuned vs pre-trained knowledge (MMBench ({tag}, likelihood))" in html
+        assert f"Table 3: performance by task modality (MMBench ({tag}, likelihood))" in html
         assert "75.1" in html and "67.7" in html
         found = json.loads((tmp_path / sub / "findings.json").read_text())
-        assert all(f["mmbench"].startswith(f"MMBench ({name}") for f in found)
-        assert f"MMBench ({name}" in found[0]["evidence"]
+        assert all(f["mmbench"] == f"MMBench ({tag}, likelihood)" for f in found)
+        assert f"MMBench ({tag}, likelihood)" in found[0]["evidence"]
     c = list(csv.DictReader((tmp_path / "c" / "table3.csv").open()))
     v = list(csv.DictReader((tmp_path / "v" / "table3.csv").open()))
     assert float(v[0]["mmbench_mean"]) == pytest.approx(float(c[0]["mmbench_mean"]) + VANILLA_GAIN)
@@ -86,16 +89,16 @@ def test_figures_name_the_metric(both):
     name = label([run], "vanilla")
     fig4, fig5 = figure4([run], name), figure5([run], name)
     ticks = [t.get_text() for ax in fig4.axes for t in ax.get_xticklabels()]
-    assert "MMBench\n(vanilla,\nlikelihood-scored)\nkept (%)" in ticks
+    assert "MMBench\n(vanilla, likelihood)\nkept (%)" in ticks
     assert name in fig4.get_suptitle() and name in fig5.get_suptitle()
-    assert "MMBench (vanilla, likelihood-scored)" in [ax.get_title() for ax in fig5.axes]
+    assert "MMBench (vanilla, likelihood)" in [ax.get_title() for ax in fig5.axes]
 
 
 def test_old_run_without_vanilla_rows(tmp_path, synth, capsys):
     """A run made before mmbench_vanilla existed: CircularEval reports, vanilla is a one-line error."""
     run_dir = synth.write_run(tmp_path / "old_run", synth.make_results(scenarios=("finetuned",)))
     assert main([str(run_dir), "--out", str(tmp_path / "old")]) == 0
-    assert "MMBench (CircularEval" in (tmp_path / "old" / "report.html").read_text()
+    assert "MMBench (CE, likelihood)" in (tmp_path / "old" / "report.html").read_text()
     assert main([str(run_dir), "--out", str(tmp_path / "old_v"), "--mmbench", "vanilla"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no vanilla MMBench rows" in err and "--mmbench circular" in err
@@ -116,21 +119,25 @@ def _run(tmp_path, synth, name, manifest):
 
 def test_non_standard_scores_are_labelled(tmp_path, synth):
     real = _run(tmp_path, synth, "real", {"config": {"data": {"mllmu": "/d/mllmu"}}, "mmbench_scoring": "generate"})
-    assert qualifiers(real) == [] and label([real], "circular") == "MMBench (CircularEval)"
+    assert qualifiers(real) == [] and label([real], "circular") == "MMBench (CE)"
     assert caveat([real]) == ""
     mini = _run(tmp_path, synth, "mini", {"config": {"data": {"mllmu": None}}, "mmbench_scoring": "model default",
                                           "mini_world": {"path": "x"}, "mmbench_subset_groups": 30})
-    assert qualifiers(mini) == ["mini-MMBench of the embedded world", "likelihood-scored, non-standard",
+    assert qualifiers(mini) == ["mini-MMBench of the built-in mini world", "likelihood-scored, non-standard",
                                 "subset of 30 questions"]
-    # never titled plain "MMBench": the head names the mini world's set, the first part scoring and subset
-    assert label([mini], "vanilla") == ("mini-MMBench (vanilla, likelihood-scored, subset of 30 questions; "
-                                        "not comparable with published MMBench)")
+    # never titled plain "MMBench": the short label names the mini world's set and the metric; the definition
+    # says the rest, once
+    assert label([mini], "vanilla") == "mini-MMBench (vanilla)" and label([mini], "circular") == "mini-MMBench (CE)"
+    assert mini.measure == "" and own_label(mini, "vanilla") == "mini-MMBench (vanilla, likelihood, subset of 30)"
+    assert definitions([mini], "circular") == [("mini-MMBench (CE)", definition(mini, "circular"))]
+    for text in ("CircularEval accuracy", "built-in mini world", "likelihood-scored", "subset of 30 questions",
+                 "Not comparable with published MMBench scores."):
+        assert text in definition(mini, "circular"), text
     assert "not comparable with published MMBench scores" in caveat([mini])
     # runs that differ: the label says so, the caveat names the run
-    assert label([real, mini], "circular") == ("MMBench / mini-MMBench (CircularEval; not comparable with "
-                                               "published MMBench; measures vary by run)")
+    assert label([real, mini], "circular") == "MMBench / mini-MMBench (CE; measures vary by run)"
     assert not comparable([real, mini]) and comparable([mini, mini])
     assert caveat([real, mini]).count("mini:") == 1
-    assert "not comparable" not in mmbench_html([real], label([real], "circular"))
-    assert 'class="note">MMBench here is not comparable' in mmbench_html([mini], label([mini], "circular"))
+    assert "not comparable" not in definitions_html([real], label([real], "circular")).lower()
+    assert 'class="note">MMBench here is not comparable' in definitions_html([mini], label([mini], "circular"))
     assert "vanilla (non-circular)" in PAPER_NOTE

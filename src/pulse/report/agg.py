@@ -105,18 +105,20 @@ def seed_count(df: pd.DataFrame, **filters) -> int:
     return int(select(df, **filters)["seed"].nunique())
 
 
-METHOD_NAMES = {"ga": "GA", "ga_klr": "GA+KLR", "npo": "NPO", "gd": "GD", "klr": "KLR"}
 TARGET_PARTS = {"proj": "Proj", "llm": "LLM", "vision": "Vision", "vit": "ViT"}
 
 
 def method_name(method: str) -> str:
-    """Display name: the paper's for built-ins; a custom `module:ATTRIBUTE` reference shows its attribute."""
+    """Display name of a method as results.csv names it (its registered `Method.name`, built-in or plugin alike):
+    capitals with '+' for '_', the paper's spelling for its methods (ga_klr -> GA+KLR, wga -> WGA); a sweep's
+    winner or configuration keeps its suffix; a `module:ATTRIBUTE` reference (runs made before results held the
+    registered name) shows its attribute."""
     if "@" in method:  # a sweep: "<method>@sweep" is the winner, "<method>@<config>" one configuration
         base, _, config = method.partition("@")
         return f"{method_name(base)} (sweep winner)" if config == "sweep" else f"{method_name(base)}@{config}"
     if ":" in method:
         return method.rsplit(":", 1)[1]
-    return METHOD_NAMES.get(method, method.replace("_", "+").upper())
+    return method.replace("_", "+").upper()
 
 
 def target_name(target: str) -> str:

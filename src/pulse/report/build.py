@@ -9,7 +9,8 @@ Reads run directories only; writes into `out`, each file atomically (pulse.fsuti
   findings.json, report.html                               F1-F4 at budget (and matched), P1-P3 from the probes
 Optional outputs left from an earlier build in the same folder are removed when this build has no data for them.
 `mmbench` picks the MMBench metric shown everywhere: "circular" (CircularEval, the default) or "vanilla"
-(rotation 0).
+(rotation 0); titles and labels name it with a short label (report.mmbench.label), defined once at the top of
+report.html.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from pulse.errors import PulseError
 from pulse.fsutil import atomic_write_bytes
 
-from .figures import curves, figure4, figure5, render
+from .figures import render, report_figures
 from .findings import check_findings, probe_findings
 from .html import render_html
 from .load import SCENARIOS, load_run, run_labels
@@ -82,28 +83,21 @@ def build_report(run_dirs: list[Path], out: Path, mmbench: str = "circular") -> 
     out.mkdir(parents=True, exist_ok=True)
 
     files: dict[str, bytes | str] = {}
-    figs: dict[str, bytes] = {}
-    for name, fig in (("figure4", figure4(runs, mmb)), ("figure5", figure5(runs, mmb))):
-        figs[name], files[f"{name}.svg"] = render(fig)
+    pngs: dict[str, bytes] = {}
+    has_matched = any(_has(r, "matched") for r in runs)
+    for name, fig in report_figures(runs, mmb, has_matched, SCENARIOS).items():
+        pngs[name], files[f"{name}.svg"] = render(fig)
     table = table3(runs, mmb)
     files["table3.md"], files["table3.csv"] = to_markdown(table), to_csv(table)
-    matched = None
-    if any(_has(r, "matched") for r in runs):
-        figs["figure4_matched"], files["figure4_matched.svg"] = render(figure4(runs, mmb, at="matched"))
-        matched = table3(runs, mmb, at="matched")
+    matched = table3(runs, mmb, at="matched") if has_matched else None
+    if matched is not None:
         files["table3_matched.md"], files["table3_matched.csv"] = to_markdown(matched), to_csv(matched)
-    curve_figs = {}
-    for scenario in SCENARIOS:
-        fig = curves(runs, scenario)
-        if fig is not None:
-            curve_figs[scenario], files[f"curves_{scenario}.svg"] = render(fig)
     probes = probe_rows(runs)
     if probes:
         files["probes.md"], files["probes.csv"] = probes_markdown(probes, len(runs) > 1), probes_csv(probes)
     findings = findings_of(runs, mmb)
     files["findings.json"] = json.dumps(_jsonable(findings), indent=2, allow_nan=False) + "\n"
-    files.update({f"{k}.png": v for k, v in figs.items()})
-    files.update({f"curves_{k}.png": v for k, v in curve_figs.items()})
+    files.update({f"{k}.png": v for k, v in pngs.items()})
 
     for name, data in files.items():
         _write(out / name, data)
@@ -111,8 +105,7 @@ def build_report(run_dirs: list[Path], out: Path, mmbench: str = "circular") -> 
         if name not in files:
             (out / name).unlink(missing_ok=True)
     report = out / "report.html"
-    _write(report, render_html(runs, table, findings, figs["figure4"], figs["figure5"], mmb, matched=matched,
-                               figure4_matched=figs.get("figure4_matched"), curves=curve_figs, probes=probes))
+    _write(report, render_html(runs, table, findings, pngs, mmb, matched=matched, probes=probes))
     return report
 
 

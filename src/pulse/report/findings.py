@@ -12,7 +12,7 @@ at="budget": request-level rows at the configured budget (all questions). at="ma
 matched-forgetting stop, on the held-out half (unlearn_held, retain_held; MMBench as at the budget); a method
 where some seed did not reach the target is named and left out of the verdict, never compared. F2
 (sustainability) is fixed-budget only: matched forgetting applies to single-request scenarios.
-`mmbench` is the MMBench label naming the metric (report.mmbench.label); evidence sentences use it.
+`mmbench` is the MMBench short label naming the metric (report.mmbench.label); evidence sentences use it.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import pandas as pd
 
 from .agg import final_request, main_target, method_name, methods, select, target_name, with_relative
 from .load import normalize, ordinary, view
-from .mmbench import short
 from .stats import mean_ci
 
 F2_THRESHOLD = 2.0  # points of relative accuracy
@@ -146,7 +145,7 @@ def f2_sequential_requests_erode(df: pd.DataFrame, mmbench: str = "MMBench", at:
     mean_mmb = sum(x["mmbench_drop"] for x in numbers.values()) / len(numbers)
     holds = bool(mean_retain > F2_THRESHOLD and mean_mmb > F2_THRESHOLD)
     parts = "; ".join(f"{method_name(m)} (request {x['final_request']}) D_retain "
-                      f"{_pm(x['retain_drop'], x['retain_ci95'])}, {short(mmbench)} "
+                      f"{_pm(x['retain_drop'], x['retain_ci95'])}, {mmbench} "
                       f"{_pm(x['mmbench_drop'], x['mmbench_ci95'])}" for m, x in numbers.items())
     evidence = (f"Drop in % of pre-unlearning accuracy from request 0 to the final request: {parts}; "
                 f"mean over methods D_retain {_f(mean_retain)}, {mmbench} {_f(mean_mmb)} points "

@@ -9,15 +9,15 @@ from __future__ import annotations
 import base64
 import html
 import json
-from datetime import datetime
 
 from .agg import method_name, target_name
-from .load import SCENARIOS, Run, stop_rule, target_phrase
-from .mmbench import PAPER_NOTE, caveat, comparable, curve_label, metric_name, qualifiers
+from .load import SCENARIOS, Run, matched_targets, stop_rule, target_phrase
+from .mmbench import PAPER_NOTE, caveat, comparable, curve_label, definitions, metric_name
 from .probes import PRE as PROBE_PRE
-from .probes import ProbeRow, _display
+from .probes import ProbeRow, display
 from .probes import columns as probe_columns
 from .probes import caption as probes_caption
+from .runinfo import config_rows
 from .stats import CI_LABEL
 from .sweep import winners
 from .tables import COLUMNS, DIVERGED_MARK, Table3, caption, format_cell, notes, row_labels
@@ -44,6 +44,9 @@ white-space:nowrap}
 details pre{background:#f6f6f6;padding:8px;overflow:auto;font-size:12px;max-height:400px}
 code{font-size:13px}
 .scroll{overflow-x:auto;max-width:100%}
+.defbox{border:1px solid #c7d2fe;background:#f5f7ff;border-radius:6px;padding:4px 18px 8px;margin:16px 0}
+.defbox h2{margin-top:8px;border:0;font-size:18px}.defbox dt{font-weight:600;margin-top:6px}
+.defbox dd{margin:2px 0 4px 20px}.defbox p{font-size:14px;color:#333}
 """
 
 SELFCHECK = """
@@ -79,75 +82,6 @@ SELFCHECK = """
 def esc(value) -> str:
     """HTML-escape; '://' is written as a character reference so no URL appears in the file's text."""
     return html.escape(str(value)).replace("://", "&#58;//")
-
-
-def _short(value, limit: int = 300) -> str:
-    if value is None:
-        return "\u2013"
-    if isinstance(value, (list, tuple)):
-        text = ", ".join(_short(v, limit) for v in value)
-    elif isinstance(value, dict):
-        text = "; ".join(f"{k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in value.items())
-    else:
-        text = str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def _duration(started, finished) -> str | None:
-    try:
-        seconds = (datetime.fromisoformat(str(finished)) - datetime.fromisoformat(str(started))).total_seconds()
-    except (TypeError, ValueError):
-        return None
-    h, rest = divmod(int(seconds), 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
-
-
-def _celebrities(value) -> str | None:
-    if not value:
-        return None
-    items = []
-    for c in value:
-        if isinstance(c, dict):
-            acc = c.get("accuracy")
-            acc = f" ({acc:.1f}%)" if isinstance(acc, (int, float)) else ""
-            items.append(f"{c.get('id', '?')}{acc}")
-        else:
-            items.append(str(c))
-    more = f" \u2026 and {len(items) - 20} more" if len(items) > 20 else ""
-    return f"{len(items)}: " + ", ".join(items[:20]) + more
-
-
-def config_rows(run: Run) -> list[tuple[str, str]]:
-    m, cfg, df = run.manifest, run.manifest.get("config", {}), run.df
-    seeds = m.get("seeds", cfg.get("seeds"))
-    data_seeds = sorted(df["seed"].unique().tolist())
-    rows = [
-        ("Name", cfg.get("name")),
-        ("Run directory", str(run.path)),
-        ("Scenarios", ", ".join(dict.fromkeys(df["scenario"])) or "none"),
-        ("Methods", ", ".join(method_name(x) for x in dict.fromkeys(df["method"])) or "none"),
-        ("Update targets", ", ".join(target_name(x) for x in dict.fromkeys(df["target"])) or "none"),
-        ("Seeds", f"{_short(seeds)} (in results: {', '.join(map(str, data_seeds)) or 'none'})"),
-        ("Model", _short(cfg.get("model"))),
-        ("Data", _short(cfg.get("data"))),
-        ("MMBench scoring", m.get("mmbench_scoring")),
-        ("MMBench metric shown", f"{metric_name(run.mmbench)}"
-                                 + (f" ({', '.join(qualifiers(run))})" if qualifiers(run) else "")),
-        ("MMBench measured as", run.measure or None),
-        ("Checkpoint MMBench", curve_label(run, run.mmbench) if (run.full["split"] == "mmbench_sub").any()
-         else None),
-        ("Matched-forgetting target", stop_rule(m) or None),
-        ("Selected celebrities", _celebrities(m.get("selected_celebrities"))),
-        ("Folds", _short(m.get("folds"))),
-        ("Started", m.get("started")),
-        ("Finished", m.get("finished")),
-        ("Duration", _duration(m.get("started"), m.get("finished"))),
-        ("Git commit", m.get("git_commit")),
-        ("Versions", _short(m.get("versions"))),
-        ("Measurements", f"{len(df)} rows, {int((df['status'] == 'diverged').sum())} diverged"),
-    ]
-    return [(k, "\u2013" if v in (None, "") else str(v)) for k, v in rows]
 
 
 def _config_section(runs: list[Run]) -> str:
@@ -220,7 +154,7 @@ def table3_html(table: Table3) -> str:
                           for key, *_ in COLUMNS]
             parts.append("</tr>")
         parts.append("</tbody></table></div>")
-    parts.append(f'<p class="caption">{esc(caption(table))}</p></section>')
+    parts.append(f'<p class="caption">{esc(caption(table, define=False))}</p></section>')
     return "".join(parts)
 
 
@@ -275,15 +209,23 @@ def diverged_html(runs: list[Run]) -> str:
     return "".join(parts)
 
 
-def mmbench_html(runs: list[Run], mmbench: str) -> str:
-    """Which MMBench metric this report shows, how to switch, the paper's number, and any comparability caveat."""
-    other = "vanilla" if runs and runs[0].mmbench == "circular" else "circular"
-    parts = ['<section id="mmbench-section"><h2>MMBench metric</h2>',
-             f"<p>Every MMBench value in this report is <strong>{esc(mmbench)}</strong>. CircularEval counts a "
-             "question only if every option rotation is answered correctly (VLMEvalKit's default for MMBench); "
-             "vanilla is the accuracy on the rotation-0 rows only. Switch with "
-             f"<code>pulse report RUN_DIR --mmbench {other}</code>.</p>",
-             f"<p>{esc(PAPER_NOTE)}</p>"]
+def definitions_html(runs: list[Run], mmbench: str) -> str:
+    """The definitions box at the top of the page: the MMBench label's full meaning (once; each run's own when
+    the runs measured differently), kept / forgotten, the interval; how to switch the metric, the paper's number,
+    and any comparability caveat."""
+    metric = runs[0].mmbench if runs else "circular"
+    other = "vanilla" if metric == "circular" else "circular"
+    terms = [(esc(name), esc(text)) for name, text in definitions(runs, metric)]
+    terms += [("kept / forgotten (%)", "accuracy after unlearning as a percentage of the same model's accuracy "
+               "before unlearning (request 0) on the same questions; forgotten = 100 \u2212 kept."),
+              (CI_LABEL, "the seed mean \u00b1 t<sub>0.975, n\u22121</sub> \u00b7 s / \u221an over the "
+               "seeds; none with a single seed. Figures clip an interval to its quantity's range (accuracy "
+               "0\u2013100 %, kept \u2265 0 %, forgotten 0\u2013100 %), a small triangle marking a clipped end; "
+               "tables show the full interval.")]
+    parts = ['<section id="definitions" class="defbox"><h2>Definitions</h2><dl>']
+    parts += [f"<dt>{name}</dt><dd>{text}</dd>" for name, text in terms]
+    parts.append(f"</dl><p>MMBench metric shown: {esc(metric_name(metric))}; switch with "
+                 f"<code>pulse report RUN_DIR --mmbench {other}</code>. {esc(PAPER_NOTE)}</p>")
     note = caveat(runs)
     if note:
         parts.append(f'<p class="note">{esc(note)}</p>')
@@ -311,11 +253,20 @@ def probes_html(rows: list[ProbeRow], multi: bool) -> str:
             cls = ' class="pre"' if pre else ""
             parts.append(f"<tr{cls}><td>{esc(PROBE_PRE if pre else method_name(row.method))}"
                          f"</td><td>{esc(target_name(row.target))}</td><td>{row.request}</td>"
-                         + "".join(f'<td class="num">{esc(_display(row, k))}</td>' for k, _h in cols)
+                         + "".join(f'<td class="num">{esc(display(row, k))}</td>' for k, _h in cols)
                          + "</tr>")
         parts.append("</tbody></table></div>")
     parts.append(f'<p class="caption">{esc(probes_caption(rows[0].split))}</p></section>')
     return "".join(parts)
+
+
+def _targets_text(runs: list[Run], scenarios) -> str:
+    """' Matched-forgetting target as in the config: <code>rule</code>; recorded values (...).' ('' without)."""
+    rules = "; ".join(dict.fromkeys(r for r in (stop_rule(run.manifest) for run in runs) if r))
+    numbers = "; ".join(dict.fromkeys(p for s in scenarios for p in (target_phrase(r.manifest, s) for r in runs)
+                                      if p))
+    return ((f" Matched-forgetting target as in the config: <code>{esc(rules)}</code>" if rules else "")
+            + (f"; recorded values: {esc(numbers)}." if numbers else "." if rules else ""))
 
 
 def _curves_sections(runs: list[Run], curves: dict[str, bytes]) -> list[str]:
@@ -323,23 +274,21 @@ def _curves_sections(runs: list[Run], curves: dict[str, bytes]) -> list[str]:
         return ['<section id="curves-section"><h2>Effectiveness vs generality during unlearning</h2><p>Not '
                 "measured in this run (no checkpoint rows: <code>eval.every</code> is 0, or a run made before "
                 "curves existed).</p></section>"]
-    rules = "; ".join(dict.fromkeys(r for r in (stop_rule(run.manifest) for run in runs) if r))
     subsets = "; ".join(dict.fromkeys(curve_label(run, run.mmbench) for run in runs))
     out = []
     for scenario, png in curves.items():
-        numbers = "; ".join(dict.fromkeys(p for p in (target_phrase(r.manifest, scenario) for r in runs) if p))
         cap = (f"Effectiveness vs generality during unlearning, scenario {esc(scenario)}: one line per method, "
                "one point per checkpoint (every <code>eval.every</code> optimizer steps, and the first and last "
                "step, whose numbers are written next to the points); requests follow each other in order. "
                "y: D<sub>unlearn</sub> accuracy on the selection half of the questions (lower = more forgotten); "
                f"x: D<sub>retain</sub> selection half (left) and the checkpoint MMBench subset ({esc(subsets)}; "
                "right), higher = more general ability kept. Seed means; error bars are the "
-               f"{CI_LABEL}, drawn only where there are at least 2 seeds. Each method has its own marker and line "
-               "style so that overlapping lines stay visible; \u2605 marks the matched-forgetting stop (the "
-               "checkpoint nearest the seeds' median stop step)."
-               + (f" Matched-forgetting target as in the config: <code>{esc(rules)}</code>" if rules else "")
-               + (f"; recorded values ({esc(numbers)}), drawn as the dashed line (mean over seeds)." if numbers
-                  else "." if rules else ""))
+               f"{CI_LABEL}, drawn only where there are at least 2 seeds and clipped to 0\u2013100 % (a small "
+               "triangle marks a clipped end). Each method has its own marker and line style so that overlapping "
+               "lines stay visible; \u2605 marks the matched-forgetting stop (the checkpoint nearest the seeds' "
+               "median stop step)."
+               + (" The dashed line is the target (mean over seeds)." + _targets_text(runs, (scenario,))
+                  if any(matched_targets(r.manifest, scenario) for r in runs) else ""))
         out.append(_figure_section(f"curves_{scenario}", f"Effectiveness vs generality: {scenario}", png,
                                    f"Curves of D_unlearn accuracy against D_retain and MMBench-subset accuracy "
                                    f"over unlearning checkpoints, scenario {scenario}, one line per method", cap, []))
@@ -371,54 +320,70 @@ def sweep_html(runs: list[Run]) -> str:
     return "".join(parts)
 
 
-def render_html(runs: list[Run], table: Table3, findings: list[dict], figure4_png: bytes,
-                figure5_png: bytes, mmbench: str = "MMBench", *, matched: Table3 | None = None,
-                figure4_matched: bytes | None = None, curves: dict[str, bytes] | None = None,
+CLIPPED = ("Intervals are clipped to each quantity's range (kept \u2265 0 %, forgotten 0\u2013100 %); a small "
+           "triangle marks a clipped end.")
+
+
+def _figure4_sections(runs: list[Run], pngs: dict[str, bytes], measures: str) -> list[str]:
+    """Figure 4 at the budget, and at matched forgetting when the run has it."""
+    multi = len(runs) > 1
+    cap = ("Figure 4: the effect of the source of the unlearning target, after request 1. "
+           "D<sub>unlearn</sub>: percentage of the pre-unlearning accuracy that has been forgotten "
+           f"(100 \u2212 relative); D<sub>retain</sub> and {esc(measures)}: percentage of the pre-unlearning "
+           f"accuracy kept (relative; see Definitions). Modality: all questions. Bars are seed means, error bars "
+           f"the {CI_LABEL} (none for a single seed). {CLIPPED} {DIVERGED_MARK}: diverged seeds excluded."
+           + (" One row of panels per run." if multi else ""))
+    out = [_figure_section("figure4", f"Figure 4: fine-tuned vs pre-trained knowledge ({measures})",
+                           pngs["figure4"], "Figure 4: grouped bars per unlearning method comparing fine-tuned and "
+                           f"pre-trained knowledge: D_unlearn forgotten, D_retain kept and {measures} kept, in percent "
+                           "of the pre-unlearning accuracy", cap, missing_notes(runs, ("finetuned", "pretrained")))]
+    if "figure4_matched" in pngs:
+        mcap = ("Figure 4 at matched forgetting: as Figure 4, at each seed's matched-forgetting stop (the first "
+                "checkpoint whose D<sub>unlearn</sub> selection-half accuracy reached the target), measured on the "
+                "held-out half of the questions (unlearn_held, retain_held) and the full MMBench set. A method "
+                "where some seed did not reach the target within the step cap gets no bar, only "
+                "\u201cdid not reach\u201d: it is never compared as if it had. " + CLIPPED
+                + _targets_text(runs, ("finetuned", "pretrained")))
+        out.append(_figure_section(
+            "figure4_matched", f"Figure 4 at matched forgetting ({measures})", pngs["figure4_matched"],
+            "Figure 4 at matched forgetting: grouped bars per unlearning method comparing fine-tuned and "
+            "pre-trained knowledge at the matched-forgetting stop", mcap, []))
+    return out
+
+
+def _figure5_section(runs: list[Run], png: bytes, measures: str) -> str:
+    cap = ("Figure 5: accuracy (%) on D<sub>unlearn</sub>, D<sub>retain</sub> (all questions) and "
+           f"{esc(measures)} over sequential unlearning requests (sustainability scenario; request 0 = before "
+           "unlearning). Lines are seed means, each method with its own marker and line style and offset "
+           f"slightly to the side so that equal lines stay visible; the shaded band is the {CI_LABEL}, drawn "
+           "where there are at least 2 seeds and clipped to 0\u2013100 %; \u00d7 marks a request where every "
+           "seed diverged." + (" Runs are told apart by line style." if len(runs) > 1 else ""))
+    return _figure_section("figure5", f"Figure 5: sustainability over sequential requests ({measures})", png,
+                           f"Figure 5: accuracy in percent on D_unlearn, D_retain and {measures} over unlearning "
+                           "requests, one line per method", cap, missing_notes(runs, ("sustainability",)))
+
+
+def render_html(runs: list[Run], table: Table3, findings: list[dict], pngs: dict[str, bytes],
+                mmbench: str = "MMBench", *, matched: Table3 | None = None,
                 probes: list[ProbeRow] | None = None) -> str:
+    """The page; `pngs` holds each figure's PNG by file stem (figure4, figure4_matched, figure5,
+    curves_<scenario>)."""
     labels = ", ".join(r.label for r in runs)
     multi = len(runs) > 1
     measures = mmbench if comparable(runs) else "MMBench measures vary by run, each named in its own panel"
-    f4cap = ("Figure 4: the effect of the source of the unlearning target, after request 1. "
-             "D<sub>unlearn</sub>: percentage of the pre-unlearning accuracy that has been forgotten "
-             f"(100 \u2212 relative); D<sub>retain</sub> and {esc(measures)}: percentage of the pre-unlearning "
-             f"accuracy kept (relative). Modality: all questions. Bars are seed means, error bars the {CI_LABEL} "
-             f"(none for a single seed). {DIVERGED_MARK}: diverged seeds excluded."
-             + (" One row of panels per run." if multi else ""))
-    f4mcap = ("Figure 4 at matched forgetting: as Figure 4, at each seed's matched-forgetting stop (the first "
-              "checkpoint whose D<sub>unlearn</sub> selection-half accuracy reached the target), measured on the "
-              "held-out half of the questions (unlearn_held, retain_held) and the full MMBench set. A method "
-              "where some seed did not reach the target within the step cap gets no bar, only "
-              "\u201cdid not reach\u201d: it is never compared as if it had.")
-    f5cap = ("Figure 5: accuracy (%) on D<sub>unlearn</sub>, D<sub>retain</sub> (all questions) and "
-             f"{esc(measures)} over sequential unlearning requests (sustainability scenario; request 0 = before "
-             f"unlearning). Lines are seed means, each method with its own marker and line style and offset "
-             f"slightly to the side so that equal lines stay visible; the shaded band is the {CI_LABEL}, drawn "
-             "where there are at least 2 seeds; \u00d7 marks a request where every seed diverged."
-             + (" Runs are told apart by line style." if multi else ""))
-    matched_parts = []
-    if figure4_matched is not None:
-        matched_parts.append(_figure_section(
-            "figure4_matched", f"Figure 4 at matched forgetting ({mmbench})", figure4_matched,
-            "Figure 4 at matched forgetting: grouped bars per unlearning method comparing fine-tuned and "
-            "pre-trained knowledge at the matched-forgetting stop", f4mcap, []))
+    curves = {k.removeprefix("curves_"): v for k, v in pngs.items() if k.startswith("curves_")}
     body = [
         "<main>",
         "<h1>PULSE unlearning report</h1>",
         f'<p class="sub">Run{"s" if multi else ""}: {esc(labels)}. Statistics: mean over seeds with the '
         f"{CI_LABEL} (t<sub>0.975, n\u22121</sub> \u00b7 s / \u221an).</p>",
+        definitions_html(runs, mmbench),
         _config_section(runs),
-        mmbench_html(runs, mmbench),
-        _figure_section("figure4", f"Figure 4: fine-tuned vs pre-trained knowledge ({measures})", figure4_png,
-                        "Figure 4: grouped bars per unlearning method comparing fine-tuned and pre-trained "
-                        f"knowledge: D_unlearn forgotten, D_retain kept and {measures} kept, in percent of the "
-                        "pre-unlearning accuracy", f4cap, missing_notes(runs, ("finetuned", "pretrained"))),
-        *matched_parts,
-        _figure_section("figure5", f"Figure 5: sustainability over sequential requests ({measures})", figure5_png,
-                        f"Figure 5: accuracy in percent on D_unlearn, D_retain and {measures} over unlearning "
-                        "requests, one line per method", f5cap, missing_notes(runs, ("sustainability",))),
+        *_figure4_sections(runs, pngs, measures),
+        _figure5_section(runs, pngs["figure5"], measures),
         table3_html(table),
         table3_html(matched) if matched is not None else "",
-        *_curves_sections(runs, curves or {}),
+        *_curves_sections(runs, curves),
         sweep_html(runs),
         probes_html(probes or [], multi),
         findings_html(findings, multi),

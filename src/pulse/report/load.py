@@ -1,8 +1,9 @@
 """Read one run directory (results.csv + manifest.json) into a `Run`. The report reads nothing else.
 
 results.csv is validated up front: every problem is one PulseError naming the file, the 1-based data row and the
-field. A results.csv written before issue 8 has no `probe`, `step`, `at` columns; it loads as probe `none`,
-step empty, at `budget` (what its rows measured).
+field. The columns `probe`, `step` and `at` (probes, checkpoints, matched forgetting) were added after the
+first release; a results.csv written before them loads as probe `none`, step empty, at `budget` (what its rows
+measured).
 
 `Run.df` holds the ordinary rows only (probe `none`, at `budget`: request-level measurements at the configured
 budget), so the fixed-budget figures, Table 3 and findings read exactly what they read before the new rows existed;
@@ -19,9 +20,11 @@ import pandas as pd
 
 from pulse.errors import PulseError, where
 
+from .sweep import apply as apply_sweep
+
 BASE_COLUMNS = ("scenario", "method", "target", "seed", "request", "split", "modality",
                 "accuracy", "relative", "status", "n")
-NEW_COLUMNS = {"probe": "none", "step": "", "at": "budget"}  # added by issue 8; defaults for older files
+NEW_COLUMNS = {"probe": "none", "step": "", "at": "budget"}  # added after the first release; older files' values
 COLUMNS = BASE_COLUMNS + tuple(NEW_COLUMNS)
 KEY = ("scenario", "method", "target", "seed", "request", "split", "modality", "probe", "step", "at")
 
@@ -58,7 +61,8 @@ class Run:
 
 
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
-    """Add the issue-8 columns with their defaults where a frame lacks them (older files, hand-made frames)."""
+    """Add the columns probe, step, at with their defaults where a frame lacks them (older files, hand-made
+    frames)."""
     missing = [c for c in NEW_COLUMNS if c not in df.columns]
     if not missing:
         return df
@@ -104,8 +108,13 @@ def _numbers(path: Path, df: pd.DataFrame, column: str) -> pd.Series:
     return num.astype(float)
 
 
-def read_results(path: Path) -> pd.DataFrame:
-    """Read and validate a results.csv; errors name the file, row and field."""
+def _require(path: Path, text: pd.DataFrame, bad: pd.Series, column: str, what: str) -> None:
+    if bad.any():
+        raise _bad(path, text, bad, column, what)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """The file's cells as strings, with every column (those added after the first release at their defaults)."""
     if not path.is_file():
         raise PulseError(f"{path}: not found (is {path.parent} a run directory?)")
     try:
@@ -118,55 +127,54 @@ def read_results(path: Path) -> pd.DataFrame:
     for c, default in NEW_COLUMNS.items():
         if c not in raw.columns:
             raw[c] = default
-    df = raw[list(COLUMNS)].copy()
-    text = df.copy()  # the cells as written, for error messages
+    return raw[list(COLUMNS)].copy()
+
+
+def _parse_names(path: Path, df: pd.DataFrame, text: pd.DataFrame) -> None:
+    """Name columns: stripped, never empty, known values."""
     for c in ("scenario", "method", "target", "split", "modality", "status", "probe", "at"):
         df[c] = df[c].str.strip()
-        empty = df[c] == ""
-        if empty.any():
-            raise _bad(path, text, empty, c, "empty value")
+        _require(path, text, df[c] == "", c, "empty value")
     _check_known(path, df, "status", STATUSES)
     _check_known(path, df, "scenario", SCENARIOS)
     _check_known(path, df, "split", SPLITS)
     _check_known(path, df, "modality", MODALITIES)
     _check_known(path, df, "probe", PROBES, pattern=r"quant\d+")
     _check_known(path, df, "at", ATS)
+
+
+def _parse_counts(path: Path, df: pd.DataFrame, text: pd.DataFrame) -> None:
+    """seed and request: integers (request >= 0); step: a non-negative integer, required at checkpoint / matched."""
     for c in ("seed", "request"):
         num = pd.to_numeric(df[c].str.strip(), errors="coerce")
-        bad = num.isna() | (num != num.round())
-        if bad.any():
-            raise _bad(path, text, bad, c, "not an integer")
+        _require(path, text, num.isna() | (num != num.round()), c, "not an integer")
         df[c] = num.astype(int)
-    bad = df["request"] < 0
-    if bad.any():
-        raise _bad(path, text, bad, "request", "negative")
+    _require(path, text, df["request"] < 0, "request", "negative")
     step = _numbers(path, df, "step")
-    bad = step.notna() & ((step != step.round()) | (step < 0))
-    if bad.any():
-        raise _bad(path, text, bad, "step", "not a non-negative integer")
+    _require(path, text, step.notna() & ((step != step.round()) | (step < 0)), "step", "not a non-negative integer")
     bad = step.isna() & df["at"].isin(["checkpoint", "matched"])
     if bad.any():
         raise _bad(path, text, bad, "step", f"empty for a row at {df['at'][bad].iloc[0]} (needs the step)")
     df["step"] = step
+
+
+def _parse_measures(path: Path, df: pd.DataFrame, text: pd.DataFrame) -> None:
+    """accuracy in 0..100, relative and n >= 0; an ok row measured something unless n = 0; not_reached only at
+    matched forgetting."""
     for c in ("accuracy", "relative", "n"):
         df[c] = _numbers(path, df, c)
-    bad = (df["accuracy"] < 0) | (df["accuracy"] > 100)
-    if bad.any():
-        raise _bad(path, text, bad, "accuracy", "outside 0..100")
-    bad = df["relative"] < 0
-    if bad.any():
-        raise _bad(path, text, bad, "relative", "negative")
-    bad = df["n"] < 0
-    if bad.any():
-        raise _bad(path, text, bad, "n", "negative")
+    _require(path, text, (df["accuracy"] < 0) | (df["accuracy"] > 100), "accuracy", "outside 0..100")
+    _require(path, text, df["relative"] < 0, "relative", "negative")
+    _require(path, text, df["n"] < 0, "n", "negative")
     # A diverged or not-reached measurement may have no accuracy; an ok one must, unless it measured nothing
     # (n = 0, e.g. a probe's text modality over people with image questions only).
-    bad = df["accuracy"].isna() & (df["status"] == "ok") & (df["n"] != 0)
-    if bad.any():
-        raise _bad(path, text, bad, "accuracy", "empty for a row with status ok and n > 0")
-    bad = (df["status"] == "not_reached") & (df["at"] != "matched")
-    if bad.any():
-        raise _bad(path, text, bad, "status", "not_reached outside a matched-forgetting row (at matched)")
+    _require(path, text, df["accuracy"].isna() & (df["status"] == "ok") & (df["n"] != 0), "accuracy",
+             "empty for a row with status ok and n > 0")
+    _require(path, text, (df["status"] == "not_reached") & (df["at"] != "matched"), "status",
+             "not_reached outside a matched-forgetting row (at matched)")
+
+
+def _check_duplicates(path: Path, df: pd.DataFrame) -> None:
     keyed = df[list(KEY)].fillna({"step": -1.0})
     dup = keyed.duplicated(keep="first")
     if dup.any():
@@ -174,6 +182,16 @@ def read_results(path: Path) -> pd.DataFrame:
         first = int((keyed == keyed.iloc[j]).all(axis=1).to_numpy().nonzero()[0][0])
         raise PulseError(f"{where(path, row=j + 1, field=','.join(KEY))}: duplicate of row {first + 1} "
                          "(the same measurement twice)")
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """Read and validate a results.csv; errors name the file, row and field."""
+    df = _read_csv(path)
+    text = df.copy()  # the cells as written, for error messages
+    _parse_names(path, df, text)
+    _parse_counts(path, df, text)
+    _parse_measures(path, df, text)
+    _check_duplicates(path, df)
     return df
 
 
@@ -197,9 +215,15 @@ def load_run(run_dir: Path, label: str | None = None) -> Run:
         raise PulseError(f"{run_dir}: not a directory")
     df = read_results(run_dir / "results.csv")
     manifest = read_manifest(run_dir / "manifest.json")
-    from .sweep import apply
+    return Run(label=label or run_dir.resolve().name, path=run_dir, df=apply_sweep(df, manifest), manifest=manifest)
 
-    return Run(label=label or run_dir.resolve().name, path=run_dir, df=apply(df, manifest), manifest=manifest)
+
+def uses_mini_world(manifest: dict) -> bool:
+    """Whether the run used the built-in mini world: its manifest records `mini_world` (older manifests: the
+    config's data.mllmu is null)."""
+    cfg = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    return "mini_world" in manifest or ("mllmu" in data and data.get("mllmu") is None)
 
 
 def stop_rule(manifest: dict) -> str:

@@ -1,11 +1,16 @@
-"""Which MMBench metric the report shows, and how every title and label names it.
+"""Which MMBench metric the report shows, its short label and its one full definition.
 
 results.csv holds two MMBench rows per evaluation: split "mmbench" = CircularEval (a question counts only if every
 option rotation is answered right; VLMEvalKit's default for MMBench) and split "mmbench_vanilla" = accuracy on the
 rotation-0 rows only (VLMEvalKit's PRINT_VANILLA), each relative to request 0's own value. The report picks one
 (`--mmbench circular|vanilla`) and relabels it as split "mmbench", so figures, Table 3 and findings read one split;
-runs written before vanilla rows existed report CircularEval only. A likelihood-scored, mini-world or subset score
-is labelled as such, because it cannot be compared with published MMBench numbers.
+runs written before vanilla rows existed report CircularEval only.
+
+Every title, heading, axis label and caption names the metric with a short label (`label`): "mini-MMBench (CE)"
+for the mini world's set, "MMBench (CE)" for MMBench itself (plus "likelihood" and "subset of N" where a real run
+was scored so). What the label means, and why a likelihood-scored, mini-world or subset score cannot be compared
+with published MMBench numbers, is said once (`definition`): in the definitions box of report.html and in the
+standalone Table 3 caption.
 """
 from __future__ import annotations
 
@@ -13,10 +18,17 @@ from dataclasses import replace
 
 from pulse.errors import PulseError
 
-from .load import Run
+from .load import Run, uses_mini_world
 
 METRICS = {"circular": "CircularEval", "vanilla": "vanilla"}
+TAGS = {"circular": "CE", "vanilla": "vanilla"}  # the metric inside a short label
 SPLITS = {"circular": "mmbench", "vanilla": "mmbench_vanilla"}
+MEANING = {
+    "circular": "CircularEval accuracy: a question counts only if every rotation of its options is answered "
+                "correctly (VLMEvalKit's default for MMBench)",
+    "vanilla": "vanilla accuracy: the rotation-0 rows only, each question asked once with its options in the "
+               "original order (VLMEvalKit's PRINT_VANILLA)",
+}
 PAPER_NOTE = (
     "The PULSE paper's Table 3 gives 75.1 on MMBench for LLaVA-1.5-13B before unlearning; the published "
     "CircularEval score of LLaVA-1.5-13B is 67.7 (LLaVA model zoo), so the paper's number is likely vanilla "
@@ -32,12 +44,10 @@ def metric_name(metric: str) -> str:
 
 def _manifest_bits(run: Run) -> tuple[bool, bool, object]:
     """(mini world?, likelihood-scored?, subset size or None) as the run's manifest records them: `mini_world`
-    (or data.mllmu null) for the embedded world, `mmbench_scoring` ("model default" in older manifests means
+    (or data.mllmu null) for the built-in world, `mmbench_scoring` ("model default" in older manifests means
     likelihood for the mini model), `mmbench_subset_groups` for a seeded subset."""
     m = run.manifest
-    cfg = m.get("config", {}) if isinstance(m.get("config"), dict) else {}
-    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-    mini = "mini_world" in m or ("mllmu" in data and data.get("mllmu") is None)
+    mini = uses_mini_world(m)
     scoring = m.get("mmbench_scoring")
     likelihood = scoring == "likelihood" or (scoring == "model default" and mini)
     return mini, likelihood, m.get("mmbench_subset_groups") or None
@@ -49,7 +59,7 @@ def qualifiers(run: Run) -> list[str]:
     mini, likelihood, subset = _manifest_bits(run)
     out = []
     if mini:
-        out.append("mini-MMBench of the embedded world")
+        out.append("mini-MMBench of the built-in mini world")
     if likelihood:
         out.append("likelihood-scored, non-standard")
     if subset:
@@ -66,52 +76,70 @@ def comparable(runs: list[Run]) -> bool:
     return len({measure(r) for r in runs}) <= 1
 
 
+def _head(minis: set) -> str:
+    return "mini-MMBench" if minis == {True} else "MMBench" if minis <= {False} else "MMBench / mini-MMBench"
+
+
+def own_label(run: Run, metric: str) -> str:
+    """This run's label with everything that tells its measure apart from another run's: 'mini-MMBench (CE,
+    likelihood, subset of 80)'; shown where runs that measured differently sit side by side."""
+    mini, likelihood, subset = measure(run)
+    parts = [TAGS[metric]] + (["likelihood"] if likelihood else []) + ([f"subset of {subset}"] if subset else [])
+    return f"{_head({mini})} ({', '.join(parts)})"
+
+
 def label(runs: list[Run], metric: str) -> str:
-    """The name used in titles. The head is "mini-MMBench" for the embedded world's set, never plain "MMBench";
-    the first parenthesised part names the metric, likelihood scoring and a subset (figures' axes show exactly
-    that part), e.g. 'mini-MMBench (CircularEval, likelihood-scored, subset of 30 questions; not comparable with
-    published MMBench)'. Runs that measured differently: 'measures vary by run' (each run's own label is
-    `Run.measure`)."""
+    """The short name used in every title, heading, axis label and caption: 'mini-MMBench (CE)' for the mini
+    world's set (never plain "MMBench"), 'MMBench (CE)' for MMBench, 'MMBench (CE, likelihood, subset of 500)'
+    for a real run scored on a subset by likelihood; 'MMBench / mini-MMBench (CE; measures vary by run)' for runs
+    that measured differently (each run's own label is `Run.measure`). `definition` says what it means."""
     bits = {measure(r) for r in runs}
-    minis, liks, subsets = ({b[i] for b in bits} for i in range(3))
-    head = ("mini-MMBench" if minis == {True} else "MMBench" if minis <= {False} else "MMBench / mini-MMBench")
-    short = [metric_name(metric)]
-    if liks == {True}:
-        short.append("likelihood-scored")
-    if len(subsets) == 1 and None not in subsets:
-        short.append(f"subset of {next(iter(subsets))} questions")
-    notes = []
-    if any(any(b) for b in bits):
-        notes.append("not comparable with published MMBench")
+    minis = {b[0] for b in bits}
     if len(bits) > 1:
-        notes.append("measures vary by run")
-    return f"{head} ({', '.join(short)}" + (f"; {'; '.join(notes)}" if notes else "") + ")"
+        return f"{_head(minis)} ({TAGS[metric]}; measures vary by run)"
+    if minis == {True}:
+        return f"mini-MMBench ({TAGS[metric]})"
+    return own_label(runs[0], metric) if runs else f"MMBench ({TAGS[metric]})"
 
 
-def short(mmbench_label: str) -> str:
-    """'mini-MMBench (CircularEval, likelihood-scored; not comparable ...)' -> 'mini-MMBench (CircularEval,
-    likelihood-scored)': the head and the first part, for axis and panel text."""
-    head, _, rest = mmbench_label.partition(" (")
-    return f"{head} ({rest.split(';')[0].rstrip(')')})" if rest else mmbench_label
+def definition(run: Run, metric: str) -> str:
+    """The full meaning of the run's label, in one or two sentences."""
+    mini, likelihood, subset = measure(run)
+    where = ("mini-MMBench, the MMBench-style question set of the built-in mini world" if mini
+             else "the MMBench questions given in the run's data.mmbench")
+    how = ["likelihood-scored (the option the model finds most likely is its answer, instead of a generated "
+           "reply)"] if likelihood else []
+    how += [f"on a seeded subset of {subset} questions"] if subset else []
+    tail = ("Not comparable with published MMBench scores." if mini or likelihood or subset
+            else "Comparable with published MMBench scores of the same metric.")
+    return f"{MEANING[metric]}, on {where}" + (f", {', '.join(how)}" if how else "") + f". {tail}"
+
+
+def definitions(runs: list[Run], metric: str) -> list[tuple[str, str]]:
+    """(label, definition) once per distinct measure: the report's one label when the runs measured alike,
+    else each run's own label (naming the run)."""
+    if comparable(runs):
+        return [(label(runs, metric), definition(runs[0], metric))] if runs else []
+    return [(f"{run.measure} \u2013 run {run.label}", definition(run, metric)) for run in runs]
 
 
 def curve_label(run: Run, metric: str) -> str:
-    """The checkpoint evaluations' MMBench subset (split mmbench_sub): 'mini-MMBench subset of 12 groups
-    (CircularEval, likelihood-scored)'; the size is eval.curve_mmbench_groups from the manifest's config, else
-    the rows' n (question groups)."""
-    mini, likelihood, _ = _manifest_bits(run)
+    """The checkpoint evaluations' MMBench subset (split mmbench_sub): 'mini-MMBench (CE), checkpoint subset of
+    16 questions'; the size is eval.curve_mmbench_groups from the manifest's config, else the rows' n (question
+    groups)."""
     cfg = run.manifest.get("config", {})
     groups = (cfg.get("eval") or {}).get("curve_mmbench_groups") if isinstance(cfg.get("eval"), dict) else None
     if not groups:
         n = run.full.loc[run.full["split"] == "mmbench_sub", "n"].dropna()
         groups = int(n.max()) if len(n) else None
-    size = f" of {groups} groups" if groups else ""
-    parts = [metric_name(metric)] + (["likelihood-scored"] if likelihood else [])
-    return f"{'mini-MMBench' if mini else 'MMBench'} subset{size} ({', '.join(parts)})"
+    size = f" of {groups} questions" if groups else ""
+    mini, likelihood, _ = measure(run)
+    tags = [TAGS[metric]] + (["likelihood"] if likelihood and not mini else [])
+    return f"{_head({mini})} ({', '.join(tags)}), checkpoint subset{size}"
 
 
 def caveat(runs: list[Run]) -> str:
-    """One sentence for captions when some run's MMBench is not comparable with published scores; else ''."""
+    """One sentence when some run's MMBench is not comparable with published scores; else ''."""
     flagged = [(r.label, qualifiers(r)) for r in runs if qualifiers(r)]
     if not flagged:
         return ""
@@ -125,7 +153,7 @@ def has_vanilla(run: Run) -> bool:
 
 def select_metric(run: Run, metric: str) -> Run:
     """A copy of `run` whose split "mmbench" (and checkpoint split "mmbench_sub") rows hold `metric`; the other
-    MMBench rows are dropped. `Run.measure` gets the run's own label.
+    MMBench rows are dropped. `Run.measure` gets the run's own label (`own_label`).
 
     Raises PulseError when vanilla is asked of a run that recorded MMBench but no "mmbench_vanilla" rows."""
     if metric not in METRICS:
@@ -143,5 +171,5 @@ def select_metric(run: Run, metric: str) -> Run:
         df = df[~df["split"].isin(["mmbench_vanilla", "mmbench_sub_vanilla"])].copy()
     df = df.reset_index(drop=True)
     picked = replace(run, df=df, full=df, mmbench=metric)
-    picked.measure = label([picked], metric)
+    picked.measure = own_label(picked, metric)
     return picked

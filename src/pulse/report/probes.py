@@ -1,4 +1,5 @@
-"""Probes of real forgetting (issue 8 §2): one table per scenario x method and plain statements.
+"""Probes of real forgetting (routes, quantization, relearning): one table per scenario x method and plain
+statements.
 
 Reads the rows protocol/probes.py writes (probe != none, at budget; modality `all`):
 
@@ -88,65 +89,104 @@ def _agg(per_seed: dict[int, float]) -> Cell:
     return Cell(mean, half, len(values), 0)
 
 
+@dataclass
+class ScenarioProbes:
+    """What one run's probe rows of one scenario are read against: the ordinary D_unlearn rows (`base`), the
+    probe rows of the unlearned methods (`probed`) and their request-0 rows (`at0`), the quantization probes
+    present, and the never-learned control's measured half before / after the attack, per seed."""
+
+    run: str
+    scenario: str
+    base: pd.DataFrame
+    probed: pd.DataFrame
+    at0: pd.DataFrame
+    quants: list[str]
+    ctl_before: dict[int, float]
+    ctl_after: dict[int, float]
+
+
+def _scenario_probes(run: Run, probes: pd.DataFrame, scenario: str) -> ScenarioProbes:
+    sp = select(probes, scenario=scenario)
+    probed = sp[sp["method"] != NEVER_LEARNED]
+    control = sp[(sp["method"] == NEVER_LEARNED) & (sp["probe"] == "relearn")]
+    return ScenarioProbes(run.label, scenario, select(run.df, scenario=scenario, split=SPLIT), probed,
+                          probed[probed["request"] == 0], quants(sp), _per_seed(control, split=MEASURED),
+                          _per_seed(control, split=ATTACKED))
+
+
+def _pre_row(sp: ScenarioProbes) -> ProbeRow:
+    """The pre-unlearning row: every probe at request 0."""
+    pre = ProbeRow(sp.run, sp.scenario, "", PRE, 0, SPLIT)
+    pre.cells["unlearned"] = _cell(sp.base, request=0)
+    for probe in (*ROUTES, *sp.quants):
+        pre.cells[probe] = _cell(sp.at0, probe=probe, split=SPLIT)
+    pre.cells["relearn_unlearned"] = _cell(sp.at0, probe="relearn", split=MEASURED)
+    return pre
+
+
+def _quant_gains(row: ProbeRow, sp: ScenarioProbes, mine: pd.DataFrame, mine0: pd.DataFrame) -> None:
+    """Each quantization's accuracy and its gain per seed: (quant_R - unlearned_R) - (quant_0 - pre_0)."""
+    f = dict(method=row.method, target=row.target)
+    unl = _per_seed(sp.base, request=row.request, **f)
+    pre0 = _per_seed(sp.base, request=0, **f) or _per_seed(sp.base, request=0)
+    for probe in sp.quants:
+        row.cells[probe] = _cell(mine, probe=probe, split=SPLIT)
+        q_after = _per_seed(mine, probe=probe, split=SPLIT)
+        q_before = _per_seed(mine0, probe=probe, split=SPLIT) or _per_seed(sp.at0, probe=probe, split=SPLIT)
+        row.per_seed[f"{probe}_gain"] = {s: (q_after[s] - unl[s]) - (q_before[s] - pre0[s])
+                                         for s in q_after if s in unl and s in q_before and s in pre0}
+
+
+def _relearn_ratios(row: ProbeRow, sp: ScenarioProbes, mine: pd.DataFrame, mine0: pd.DataFrame) -> None:
+    """Relearning: recovery, control and excess per seed (% of the forgotten accuracy), and the accuracies."""
+    r_pre = _per_seed(mine0, probe="relearn", split=MEASURED)
+    r_unl = _per_seed(mine, probe="relearn", split=MEASURED)
+    r_att = _per_seed(mine, probe="relearn", split=ATTACKED)
+    ratios = {k: {} for k in RELEARN}
+    for s, a in r_att.items():
+        gap = r_pre.get(s, math.nan) - r_unl.get(s, math.nan)
+        if not gap > 0:
+            continue
+        ratios["recovery"][s] = 100.0 * (a - r_unl[s]) / gap
+        if s in sp.ctl_before and s in sp.ctl_after:
+            ratios["control"][s] = 100.0 * (sp.ctl_after[s] - sp.ctl_before[s]) / gap
+            ratios["excess"][s] = ratios["recovery"][s] - ratios["control"][s]
+    row.cells["relearn"] = _cell(mine, probe="relearn", split=ATTACKED)
+    row.cells["relearn_unlearned"] = _cell(mine, probe="relearn", split=MEASURED)
+    row.cells["relearn_control_acc"] = _agg({s: sp.ctl_after[s] for s in r_att if s in sp.ctl_after})
+    for k, v in ratios.items():
+        row.per_seed[f"relearn_{k}"] = v
+
+
+def _method_row(sp: ScenarioProbes, method: str, target: str, request: int) -> ProbeRow:
+    """One method x target after request R: routes and their leak, quantization gains, relearning."""
+    row = ProbeRow(sp.run, sp.scenario, target, method, int(request), SPLIT)
+    mine = select(sp.probed, method=method, target=target, request=request)
+    mine0 = select(sp.at0, method=method, target=target)
+    row.cells["unlearned"] = _cell(sp.base, method=method, target=target, request=request)
+    for probe in ROUTES:
+        row.cells[probe] = _cell(mine, probe=probe, split=SPLIT)
+    worst = _per_seed(mine, probe="route_all", split=SPLIT)
+    image = _per_seed(mine, probe="route_image", split=SPLIT)
+    row.per_seed["route_leak"] = {s: worst[s] - image[s] for s in worst if s in image}
+    _quant_gains(row, sp, mine, mine0)
+    _relearn_ratios(row, sp, mine, mine0)
+    for k, v in row.per_seed.items():
+        row.cells[k] = _agg(v)
+    return row
+
+
 def _rows_for(run: Run) -> list[ProbeRow]:
     full = run.full
     probes = full[(full["probe"] != "none") & (full["at"] == "budget")]
     out = []
     for scenario in dict.fromkeys(probes["scenario"]):
-        sp = select(probes, scenario=scenario)
-        qs = quants(sp)
-        base = select(run.df, scenario=scenario, split=SPLIT)  # ordinary D_unlearn rows
-        mine_all = sp[sp["method"] != NEVER_LEARNED]
-        at0 = mine_all[mine_all["request"] == 0]
-        pre = ProbeRow(run.label, scenario, "", PRE, 0, SPLIT)
-        pre.cells["unlearned"] = _cell(base, request=0)
-        for probe in (*ROUTES, *qs):
-            pre.cells[probe] = _cell(at0, probe=probe, split=SPLIT)
-        pre.cells["relearn_unlearned"] = _cell(at0, probe="relearn", split=MEASURED)
-        out.append(pre)
-        control = sp[(sp["method"] == NEVER_LEARNED) & (sp["probe"] == "relearn")]
-        ctl_before, ctl_after = _per_seed(control, split=MEASURED), _per_seed(control, split=ATTACKED)
-        after = mine_all[mine_all["request"] > 0]
-        keys = after[["method", "target", "request"]].drop_duplicates().itertuples(index=False)
-        for method, target, request in keys:
-            row = ProbeRow(run.label, scenario, target, method, int(request), SPLIT)
-            mine = select(after, method=method, target=target, request=request)
-            mine0 = select(at0, method=method, target=target)
-            unl = _per_seed(base, method=method, target=target, request=request)
-            pre0 = _per_seed(base, method=method, target=target, request=0) or _per_seed(base, request=0)
-            row.cells["unlearned"] = _cell(base, method=method, target=target, request=request)
-            for probe in ROUTES:
-                row.cells[probe] = _cell(mine, probe=probe, split=SPLIT)
-            worst, image = _per_seed(mine, probe="route_all", split=SPLIT), _per_seed(mine, probe="route_image",
-                                                                                     split=SPLIT)
-            row.per_seed["route_leak"] = {s: worst[s] - image[s] for s in worst if s in image}
-            for probe in qs:
-                row.cells[probe] = _cell(mine, probe=probe, split=SPLIT)
-                q_after = _per_seed(mine, probe=probe, split=SPLIT)
-                q_before = _per_seed(mine0, probe=probe, split=SPLIT) or _per_seed(at0, probe=probe, split=SPLIT)
-                row.per_seed[f"{probe}_gain"] = {
-                    s: (q_after[s] - unl[s]) - (q_before[s] - pre0[s])
-                    for s in q_after if s in unl and s in q_before and s in pre0}
-            r_pre = _per_seed(mine0, probe="relearn", split=MEASURED)
-            r_unl = _per_seed(mine, probe="relearn", split=MEASURED)
-            r_att = _per_seed(mine, probe="relearn", split=ATTACKED)
-            ratios = {k: {} for k in RELEARN}
-            for s, a in r_att.items():
-                gap = r_pre.get(s, math.nan) - r_unl.get(s, math.nan)
-                if not gap > 0:
-                    continue
-                ratios["recovery"][s] = 100.0 * (a - r_unl[s]) / gap
-                if s in ctl_before and s in ctl_after:
-                    ratios["control"][s] = 100.0 * (ctl_after[s] - ctl_before[s]) / gap
-                    ratios["excess"][s] = ratios["recovery"][s] - ratios["control"][s]
-            row.cells["relearn"] = _cell(mine, probe="relearn", split=ATTACKED)
-            row.cells["relearn_unlearned"] = _cell(mine, probe="relearn", split=MEASURED)
-            row.cells["relearn_control_acc"] = _agg({s: ctl_after[s] for s in r_att if s in ctl_after})
-            for k, v in ratios.items():
-                row.per_seed[f"relearn_{k}"] = v
-            for k, v in row.per_seed.items():
-                row.cells[k] = _agg(v)
-            out.append(row)
+        sp = _scenario_probes(run, probes, scenario)
+        out.append(_pre_row(sp))
+        after = sp.probed[sp.probed["request"] > 0]
+        for method, target, request in after[["method", "target", "request"]].drop_duplicates().itertuples(
+                index=False):
+            out.append(_method_row(sp, method, target, request))
     return out
 
 
@@ -204,13 +244,13 @@ def to_markdown(rows: list[ProbeRow], multi: bool = False) -> str:
         for row in group:
             name = PRE if row.method == PRE else method_name(row.method)
             cells = [name, target_name(row.target) if row.target else "", str(row.request)]
-            cells += [_display(row, k) for k, _h in cols]
+            cells += [display(row, k) for k, _h in cols]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def _display(row: ProbeRow, key: str) -> str:
+def display(row: ProbeRow, key: str) -> str:
     """'' where the row has no such measure (e.g. gains on the pre-unlearning row), '\u2013' where not measured."""
     return fmt(row.cells[key]) if key in row.cells else ""
 

@@ -1,4 +1,5 @@
-"""Equal search budget (issue 8 §1): the sweep's cells are reported through their winners.
+"""Equal search budget: a sweep's cells (one per configuration of a method's grid) are reported through their
+winners.
 
 A sweep runs every configuration of a declared grid as its own cell, method `<method>@<k>=<v>+...`, and the runner
 records per scenario, seed, method and update target the winner (manifest `sweep`, keys "<scenario>/seed<S>" ->

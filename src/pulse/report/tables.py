@@ -1,9 +1,10 @@
 """Table 3 of the paper: accuracy by task modality, per update target and method (fine-tuned scenario).
 
 Rows: "(Pre-unlearning)" from request 0, then target x method at request 1. Columns: D_unlearn Multi /
-Text (modality image / text), D_retain Multi / Text, MMBench (named by its metric, `Table3.mmbench`, e.g.
-"MMBench (CircularEval)"). Several runs give one column group per run; runs whose MMBench measured different
-things (mini world, scoring, subset) each name their own measure in their column header.
+Text (modality image / text), D_retain Multi / Text, MMBench (named by its short label, `Table3.mmbench`, e.g.
+"mini-MMBench (CE)"; the Markdown caption gives its definition, report.html its definitions box). Several runs give
+one column group per run; runs whose MMBench measured different things (mini world, scoring, subset) each name
+their own measure in their column header.
 
 `at="budget"` (default): the configured budget, all questions (splits unlearn / retain).
 `at="matched"`: the matched-forgetting stop point (rows at=matched), reported on the held-out half of the
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .agg import Cell, main_target, method_name, paper_target_name, select, seed_count, summarize, target_name
 from .load import Run, view
+from .mmbench import comparable, definitions
 from .stats import CI_LABEL
 
 SCENARIO = "finetuned"
@@ -46,6 +48,7 @@ class Table3:
     seeds: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # runs with no fine-tuned scenario
     mmbench: str = "MMBench"  # the MMBench column's label, naming its metric (report.mmbench.label)
+    definition: str = ""  # what that label means (report.mmbench.definitions)
     at: str = "budget"  # "budget" or "matched"
     measures: dict[str, str] = field(default_factory=dict)  # run -> its own MMBench label, when runs differ
 
@@ -67,8 +70,6 @@ def split_of(split: str, at: str) -> str:
 
 
 def table3(runs: list[Run], mmbench: str = "MMBench", at: str = "budget") -> Table3:
-    from .mmbench import comparable
-
     after = {r.label: (r.df if at == "budget" else view(r.full, at=at)) for r in runs}
     rows: list[tuple[str, str]] = [PRE]
     for run in runs:
@@ -79,7 +80,9 @@ def table3(runs: list[Run], mmbench: str = "MMBench", at: str = "budget") -> Tab
             for method in dict.fromkeys(select(ft, target=target)["method"]):
                 if (target, method) not in rows:
                     rows.append((target, method))
-    table = Table3(runs=[r.label for r in runs], rows=rows, mmbench=mmbench, at=at)
+    table = Table3(runs=[r.label for r in runs], rows=rows, mmbench=mmbench, at=at,
+                   definition=" ".join(f"{name}: {text}" for name, text in definitions(runs, runs[0].mmbench))
+                   if runs else "")
     if not comparable(runs):
         table.measures = {r.label: r.measure or mmbench for r in runs}
     for run in runs:
@@ -134,14 +137,20 @@ def _seeds_phrase(table: Table3) -> str:
     return f"{n} seed{'s' if counts != [1] else ''}"
 
 
-def _mmbench_phrase(table: Table3) -> str:
+def _mmbench_phrase(table: Table3, define: bool) -> str:
+    """Which MMBench each column holds; `define`: with the full definition (the standalone Markdown), else a
+    pointer to report.html's definitions box."""
     if table.measures:
-        return ("MMBench columns: each run's own measure, not comparable across runs ("
-                + "; ".join(f"{r}: {m}" for r, m in table.measures.items()) + ").")
-    return f"MMBench column: {table.mmbench}."
+        names = ("MMBench columns: each run's own measure, not comparable across runs ("
+                 + "; ".join(f"{r}: {m}" for r, m in table.measures.items()) + ")")
+    else:
+        names = f"MMBench column: {table.mmbench}"
+    if define and table.definition:
+        return f"{names}. {table.definition}"
+    return f"{names}, defined at the top of the report."
 
 
-def caption(table: Table3) -> str:
+def caption(table: Table3, define: bool = True) -> str:
     if table.at == "matched":
         where = (f"Table 3 at matched forgetting: accuracy (%) by task modality, scenario {SCENARIO}, request "
                  f"{REQUEST}, at each seed's matched-forgetting stop (the first checkpoint whose D_unlearn "
@@ -153,8 +162,9 @@ def caption(table: Table3) -> str:
                  "configured budget (pre-unlearning row: request 0).")
     return (f"{where} Mean over seeds \u00b1 half-width of the {CI_LABEL} "
             f"({_seeds_phrase(table)}); a plain mean where only one seed. Multi = image questions, "
-            f"Text = text-only questions. {_mmbench_phrase(table)} {_targets_phrase(table)} {DIVERGED_MARK} = some "
-            f"seeds diverged and are excluded from the mean; 'diverged' = every seed diverged.")
+            f"Text = text-only questions. {_mmbench_phrase(table, define)} {_targets_phrase(table)} "
+            f"{DIVERGED_MARK} = some seeds diverged and are excluded from the mean; 'diverged' = every seed "
+            "diverged.")
 
 
 def notes(table: Table3) -> list[str]:

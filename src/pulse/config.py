@@ -15,12 +15,13 @@ import yaml
 
 from .errors import PulseError
 from .models.load import DTYPES, check_device_dtype
+from .mini.cache import MiniConfig
 from .models.targets import TARGETS
 from .schema import coerce, from_dict
 from .unlearn.methods import check_method_mode, check_params, get_method
 from .unlearn.recipe import FinetuneSection, Recipe, StopRule, UnlearnSection, validate_recipe
 
-__all__ = ["RunConfig", "Recipe", "StopRule", "UnlearnSection", "FinetuneSection", "load_config", "load_finetune",
+__all__ = ["RunConfig", "MiniConfig", "Recipe", "StopRule", "UnlearnSection", "FinetuneSection", "load_config", "load_finetune",
            "from_manifest", "to_dict", "validate_recipe"]
 
 
@@ -48,13 +49,6 @@ class DataConfig:
     fictional: str = "Full_Set"
     celebrities: str = "Retain_Set"
     train: str = "ft_Data"  # training-flavour QA of the fictional people (forget/retain data)
-
-
-@dataclass
-class MiniConfig:
-    cache: str = "~/.cache/pulse"  # where the built mini world is kept between runs (env PULSE_CACHE wins)
-    seed: int = 0
-    size: str = "default"  # "default" (the targets in the README) or "small" (tests, CI: seconds)
 
 
 @dataclass

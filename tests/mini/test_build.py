@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pulse.config import MiniConfig
+from pulse.mini.cache import MiniConfig
 from pulse.errors import PulseError
 from pulse.mini import build, cache
 from pulse.mini.build import PRESETS, BuildConfig, build_mini
@@ -33,8 +33,7 @@ CHILD = textwrap.dedent(f"""
     import json, sys, torch
     sys.path.insert(0, {str(SRC)!r})
     torch.set_num_threads(int(sys.argv[1]))
-    from pulse.config import MiniConfig
-    from pulse.mini.cache import ensure_mini
+    from pulse.mini.cache import MiniConfig, ensure_mini
     sys.path.insert(0, {str(Path(__file__).parent)!r})
     from test_build import MICRO
     path = ensure_mini(MiniConfig(), log=lambda m: print(m, flush=True), build_cfg=MICRO)

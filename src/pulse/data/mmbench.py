@@ -77,6 +77,24 @@ def read_mmbench(path) -> list[MMBenchItem]:
     contiguous from A (2-4 of them); the answer, if any, must be one of them.
     """
     path = Path(path)
+    rows = _read_rows(path)
+    locs, parsed, row_of_index = [], [], {}
+    for i, rec in enumerate(rows):
+        loc = f"{path}, line {i + 2} (index {_cell(rec, 'index')})"
+        locs.append(loc)
+        index, options, answer = _parse_row(loc, rec)
+        if index in row_of_index:
+            _fail(loc, "index", f"duplicate index (first on line {row_of_index[index] + 2})")
+        row_of_index[index] = i
+        parsed.append((index, rec, options, answer))
+    images = _row_images(rows, locs, row_of_index)
+    return [MMBenchItem(index=index, question=rec["question"], hint=_cell(rec, "hint"), options=options,
+                        answer=answer, category=rec["category"], l2_category=rec["l2-category"], image=images(i))
+            for i, (index, rec, options, answer) in enumerate(parsed)]
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The TSV's rows as dicts of strings (absent cells NaN), with the required columns present."""
     if not path.is_file():
         raise PulseError(f"{path}: MMBench TSV not found")
     try:
@@ -87,61 +105,55 @@ def read_mmbench(path) -> list[MMBenchItem]:
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise PulseError(f"{path}, field {missing[0]}: missing column (MMBench needs {', '.join(REQUIRED_COLUMNS)})")
-    rows = df.to_dict("records")
+    return df.to_dict("records")
 
-    locs, parsed, row_of_index = [], [], {}
-    for i, rec in enumerate(rows):
-        loc = f"{path}, line {i + 2} (index {_cell(rec, 'index')})"
-        locs.append(loc)
-        try:
-            index = int(_cell(rec, "index"))
-        except (TypeError, ValueError):
-            _fail(loc, "index", "not an integer")
-        if index in row_of_index:
-            _fail(loc, "index", f"duplicate index (first on line {row_of_index[index] + 2})")
-        row_of_index[index] = i
-        options = {}
-        for letter in LETTERS:
-            text = _cell(rec, letter)
-            if text is not None:
-                if len(options) != LETTERS.index(letter):
-                    _fail(loc, LETTERS[len(options)], f"option missing while option {letter} is present "
-                          "(options must be contiguous from A)")
-                options[letter] = text
-        if len(options) < 2:
-            _fail(loc, "B", "fewer than 2 options")
-        answer = _cell(rec, "answer")
-        if answer is not None and answer not in options:
-            _fail(loc, "answer", f"{answer!r} is not one of {', '.join(options)}")
-        for column in ("question", "category", "l2-category", "image"):
-            if _cell(rec, column) is None:
-                _fail(loc, column, "empty")
-        parsed.append((index, rec, options, answer))
 
-    decoded: dict[int, bytes] = {}  # row number -> image bytes of base64 rows
+def _parse_row(loc: str, rec: dict) -> tuple[int, dict[str, str], str | None]:
+    """(index, options, answer) of one row, every field checked."""
+    try:
+        index = int(_cell(rec, "index"))
+    except (TypeError, ValueError):
+        _fail(loc, "index", "not an integer")
+    options = {}
+    for letter in LETTERS:
+        text = _cell(rec, letter)
+        if text is not None:
+            if len(options) != LETTERS.index(letter):
+                _fail(loc, LETTERS[len(options)], f"option missing while option {letter} is present "
+                      "(options must be contiguous from A)")
+            options[letter] = text
+    if len(options) < 2:
+        _fail(loc, "B", "fewer than 2 options")
+    answer = _cell(rec, "answer")
+    if answer is not None and answer not in options:
+        _fail(loc, "answer", f"{answer!r} is not one of {', '.join(options)}")
+    for column in ("question", "category", "l2-category", "image"):
+        if _cell(rec, column) is None:
+            _fail(loc, column, "empty")
+    return index, options, answer
 
-    def image_of_row(i: int) -> bytes:
+
+def _row_images(rows: list[dict], locs: list[str], row_of_index: dict[int, int]):
+    """row number -> image bytes: base64 decoded once per row; a short value is the index of the row holding it."""
+    decoded: dict[int, bytes] = {}
+
+    def of_row(i: int) -> bytes:
         if i not in decoded:
             decoded[i] = _decode_b64_image(rows[i]["image"], locs[i])
         return decoded[i]
 
-    items = []
-    for i, (index, rec, options, answer) in enumerate(parsed):
-        value = rec["image"]
-        if len(value) <= REFERENCE_MAX_CHARS:
-            try:
-                target = row_of_index[int(value)]
-            except (ValueError, KeyError):
-                _fail(locs[i], "image", f"{value!r} is neither base64 nor the index of a row of this file")
-            if len(rows[target]["image"]) <= REFERENCE_MAX_CHARS:
-                _fail(locs[i], "image", f"refers to index {value}, whose image is itself a reference")
-            image = image_of_row(target)
-        else:
-            image = image_of_row(i)
-        items.append(MMBenchItem(index=index, question=rec["question"], hint=_cell(rec, "hint"), options=options,
-                                 answer=answer, category=rec["category"], l2_category=rec["l2-category"],
-                                 image=image))
-    return items
+    def image(i: int) -> bytes:
+        value = rows[i]["image"]
+        if len(value) > REFERENCE_MAX_CHARS:
+            return of_row(i)
+        try:
+            target = row_of_index[int(value)]
+        except (ValueError, KeyError):
+            _fail(locs[i], "image", f"{value!r} is neither base64 nor the index of a row of this file")
+        if len(rows[target]["image"]) <= REFERENCE_MAX_CHARS:
+            _fail(locs[i], "image", f"refers to index {value}, whose image is itself a reference")
+        return of_row(target)
+    return image
 
 
 def write_mmbench(path, items: list[MMBenchItem]) -> None:

@@ -221,14 +221,7 @@ def generate_shared_prefix(model, enc: Encoder, prefix: str, prefix_images: list
     p_batch = prompt_batch(enc, [prefix], [prefix_images])
     p_ids = p_batch["input_ids"]
     n_prefix = p_ids.shape[1]
-    prefix_ids = p_ids[0].tolist()
-    p_text = _expand(enc, prefix, prefix_images)
-    token_rows = []
-    for suffix, imgs in zip(suffixes, suffix_images):
-        full = tok(p_text + _expand(enc, suffix, imgs))["input_ids"]
-        if full[:n_prefix] != prefix_ids:
-            raise ValueError("the tokenizer merges tokens across the shared-prefix boundary")
-        token_rows.append(full[n_prefix:])
+    token_rows = _suffix_tokens(enc, p_ids[0].tolist(), _expand(enc, prefix, prefix_images), suffixes, suffix_images)
     kwargs = {"pixel_values": p_batch["pixel_values"]} if p_batch["pixel_values"] is not None else {}
     prefix_cache = model(input_ids=p_ids, attention_mask=p_batch["attention_mask"], use_cache=True,
                          logits_to_keep=1, **kwargs).cache
@@ -248,22 +241,7 @@ def generate_shared_prefix(model, enc: Encoder, prefix: str, prefix_images: list
         kw = {"pixel_values": torch.stack([enc.pixels(b) for b in flat]).to(enc.device, enc.dtype)} if flat else {}
         logits = model(input_ids=ids.to(enc.device), attention_mask=mask, position_ids=pos, cache=cache,
                        use_cache=True, logits_to_keep=1, **kw).logits[:, -1]
-        generated = [[] for _ in idx]
-        done = [False] * len(idx)
-        next_pos = pos[:, -1:] + 1
-        for _ in range(max_new_tokens):
-            nxt = logits.argmax(-1)
-            for j, t in enumerate(nxt.tolist()):
-                if not done[j]:
-                    generated[j].append(t)
-                    done[j] = t == tok.eos_token_id or (
-                        stop_at_first_char and answer_settled(tok.decode(generated[j], skip_special_tokens=True)))
-            if all(done):
-                break
-            mask = torch.cat([mask, torch.ones(len(idx), 1, dtype=torch.long, device=enc.device)], dim=1)
-            logits = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos, cache=cache,
-                           use_cache=True, logits_to_keep=1).logits[:, -1]
-            next_pos = next_pos + 1
+        generated = _greedy(model, tok, logits, mask, pos[:, -1:] + 1, cache, max_new_tokens, stop_at_first_char)
         del cache
         for j, i in enumerate(idx):
             text = tok.decode(generated[j], skip_special_tokens=True)
@@ -271,3 +249,37 @@ def generate_shared_prefix(model, enc: Encoder, prefix: str, prefix_images: list
         if on_batch is not None:
             on_batch(len(idx))
     return out
+
+
+def _suffix_tokens(enc: Encoder, prefix_ids: list[int], prefix_text: str, suffixes: list[str],
+                   suffix_images: list[list[bytes]]) -> list[list[int]]:
+    """Each suffix's token ids, taken from tokenising the whole prompt (prefix + suffix); a ValueError when the
+    tokenizer merges tokens across the prefix boundary."""
+    rows = []
+    for suffix, imgs in zip(suffixes, suffix_images):
+        full = enc.tok(prefix_text + _expand(enc, suffix, imgs))["input_ids"]
+        if full[:len(prefix_ids)] != prefix_ids:
+            raise ValueError("the tokenizer merges tokens across the shared-prefix boundary")
+        rows.append(full[len(prefix_ids):])
+    return rows
+
+
+def _greedy(model, tok, logits, mask, next_pos, cache, max_new_tokens: int, stop_at_first_char: bool):
+    """Plain greedy decoding of a batch from its first next-token `logits`: the generated ids per row, each row
+    stopping at EOS or (`stop_at_first_char`) once its answer letter is settled."""
+    generated = [[] for _ in range(logits.shape[0])]
+    done = [False] * len(generated)
+    for _ in range(max_new_tokens):
+        nxt = logits.argmax(-1)
+        for j, t in enumerate(nxt.tolist()):
+            if not done[j]:
+                generated[j].append(t)
+                done[j] = t == tok.eos_token_id or (
+                    stop_at_first_char and answer_settled(tok.decode(generated[j], skip_special_tokens=True)))
+        if all(done):
+            break
+        mask = torch.cat([mask, torch.ones(len(generated), 1, dtype=torch.long, device=mask.device)], dim=1)
+        logits = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, position_ids=next_pos, cache=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
+        next_pos = next_pos + 1
+    return generated

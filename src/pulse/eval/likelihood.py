@@ -73,63 +73,18 @@ def option_logps(model, enc: Encoder, questions: list[tuple[str, bytes | None, l
     """
     keys = [None if q[1] is None else hashlib.sha1(q[1]).hexdigest() for q in questions]
     tokens = [_token_rows(enc, *q) for q in questions]
-    longest: dict[str | None, int] = {}  # per image: its longest prompt; images of similar length share batches
-    for k, (prompt, _) in zip(keys, tokens):
-        longest[k] = max(longest.get(k, 0), len(prompt))
-    order = sorted(range(len(questions)),
-                   key=lambda i: (keys[i] is None, longest[keys[i]], keys[i] or "", len(tokens[i][0])))
+    order = _batch_order(keys, tokens)
     out: list[list[float]] = [[] for _ in questions]
     per = max(1, batch_size // 4)
     pad = enc.tok.pad_token_id if enc.tok.pad_token_id is not None else 0
-    dev = enc.device
     for start in range(0, len(order), per):
         idx = order[start:start + per]
         prompts = [tokens[i][0] for i in idx]
         options = [tokens[i][1] for i in idx]
-        groups = _groups(prompts, [keys[i] for i in idx], enc.image_token_id)
-        # 1. each group's shared prefix, with its image
-        p_ids, p_mask, p_pos = _left([prompts[rows[0]][:n] for rows, n in groups], pad)
-        images = [questions[idx[rows[0]]][1] for rows, _ in groups if keys[idx[rows[0]]] is not None]
-        kwargs = {"pixel_values": torch.stack([enc.pixels(b) for b in images]).to(dev, enc.dtype)} if images else {}
-        cache = model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev), position_ids=p_pos.to(dev),
-                      use_cache=True, logits_to_keep=1, **kwargs).cache
-        # 2. the rest of each prompt, after its group's prefix (copied to the rows)
-        group_of = [g for g, (rows, _) in enumerate(groups) for _ in rows]  # groups are consecutive runs of rows
-        g_t = torch.tensor(group_of)
-        cache.reorder_cache(g_t.to(dev))
-        lens = torch.tensor([groups[g][1] for g in group_of])
-        s_ids, s_mask, s_pos = _left([p[groups[g][1]:] for p, g in zip(prompts, group_of)], pad)
-        mask = torch.cat([p_mask[g_t], s_mask], dim=1)
-        last = model(input_ids=s_ids.to(dev), attention_mask=mask.to(dev),
-                     position_ids=(lens.unsqueeze(1) + s_pos).to(dev), cache=cache, use_cache=True,
-                     logits_to_keep=1)
-        last_logp = torch.log_softmax(last.logits[:, -1].float(), dim=-1)
-        # 3. the options' first tokens are scored by the prompt's last logits; an option of n > 1 tokens runs its
-        # first n - 1 tokens as a continuation of its question's cache (one row per option), which scores the rest
+        cache, mask, last_logp = _prompts_run(model, enc, prompts, [keys[i] for i in idx],
+                                              [questions[i][1] for i in idx], pad)
         owner = [j for j, opts in enumerate(options) for _ in opts]
-        flat = [o for opts in options for o in opts]
-        if not all(flat):
-            raise ValueError("likelihood scoring: an option text has no tokens")
-        scores = last_logp[torch.tensor(owner), torch.tensor([o[0] for o in flat])]
-        multi = [r for r, o in enumerate(flat) if len(o) > 1]
-        if multi:
-            rows_t = torch.tensor([owner[r] for r in multi])
-            cache.reorder_cache(rows_t.to(dev))
-            lo = max(len(flat[r]) for r in multi) - 1
-            oids = torch.full((len(multi), lo), pad, dtype=torch.long)
-            target = torch.zeros_like(oids)
-            omask = torch.zeros_like(oids)
-            for k, r in enumerate(multi):
-                o = flat[r]
-                oids[k, :len(o) - 1], target[k, :len(o) - 1] = torch.tensor(o[:-1]), torch.tensor(o[1:])
-                omask[k, :len(o) - 1] = 1
-            full_mask = torch.cat([mask[rows_t], omask], dim=1)
-            opos = torch.tensor([len(prompts[owner[r]]) for r in multi]).unsqueeze(1) + torch.arange(lo)
-            cont = model(input_ids=oids.to(dev), attention_mask=full_mask.to(dev), position_ids=opos.to(dev),
-                         cache=cache, use_cache=True)
-            logp = torch.log_softmax(cont.logits.float(), dim=-1)
-            rest = logp.gather(-1, target.to(dev).unsqueeze(-1)).squeeze(-1) * omask.to(dev)
-            scores[torch.tensor(multi)] += rest.sum(-1)
+        scores = _option_scores(model, cache, mask, last_logp, prompts, options, owner, pad, enc.device)
         for r, j in enumerate(owner):
             out[idx[j]].append(float(scores[r]))
         if on_batch is not None:
@@ -137,7 +92,68 @@ def option_logps(model, enc: Encoder, questions: list[tuple[str, bytes | None, l
     return out
 
 
-@torch.no_grad()
+def _batch_order(keys: list[str | None], tokens: list[tuple[list[int], list]]) -> list[int]:
+    """Question order for batching: questions about one image together, images by their longest prompt (so a
+    batch holds prompts of similar length), text-only questions last."""
+    longest: dict[str | None, int] = {}
+    for k, (prompt, _) in zip(keys, tokens):
+        longest[k] = max(longest.get(k, 0), len(prompt))
+    return sorted(range(len(keys)), key=lambda i: (keys[i] is None, longest[keys[i]], keys[i] or "",
+                                                   len(tokens[i][0])))
+
+
+def _prompts_run(model, enc: Encoder, prompts: list[list[int]], keys: list, images: list, pad: int):
+    """Run a batch's prompts: each group's shared prefix once, with its image, then the rest of each prompt after
+    its group's prefix (the cache copied to the rows). (cache, attention mask, log-probs after each prompt)."""
+    dev = enc.device
+    groups = _groups(prompts, keys, enc.image_token_id)
+    p_ids, p_mask, p_pos = _left([prompts[rows[0]][:n] for rows, n in groups], pad)
+    pics = [images[rows[0]] for rows, _ in groups if keys[rows[0]] is not None]
+    kwargs = {"pixel_values": torch.stack([enc.pixels(b) for b in pics]).to(dev, enc.dtype)} if pics else {}
+    cache = model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev), position_ids=p_pos.to(dev),
+                  use_cache=True, logits_to_keep=1, **kwargs).cache
+    group_of = [g for g, (rows, _) in enumerate(groups) for _ in rows]  # groups are consecutive runs of rows
+    g_t = torch.tensor(group_of)
+    cache.reorder_cache(g_t.to(dev))
+    lens = torch.tensor([groups[g][1] for g in group_of])
+    s_ids, s_mask, s_pos = _left([p[groups[g][1]:] for p, g in zip(prompts, group_of)], pad)
+    mask = torch.cat([p_mask[g_t], s_mask], dim=1)
+    last = model(input_ids=s_ids.to(dev), attention_mask=mask.to(dev),
+                 position_ids=(lens.unsqueeze(1) + s_pos).to(dev), cache=cache, use_cache=True, logits_to_keep=1)
+    return cache, mask, torch.log_softmax(last.logits[:, -1].float(), dim=-1)
+
+
+def _option_scores(model, cache, mask, last_logp, prompts, options, owner, pad: int, dev) -> torch.Tensor:
+    """Summed log-prob of every option (flattened, `owner[r]` = its question): the first token scored by the
+    prompt's last logits; an option of n > 1 tokens runs its first n - 1 tokens as a continuation of its question's
+    cache (one row per option), which scores the rest."""
+    flat = [o for opts in options for o in opts]
+    if not all(flat):
+        raise ValueError("likelihood scoring: an option text has no tokens")
+    scores = last_logp[torch.tensor(owner), torch.tensor([o[0] for o in flat])]
+    multi = [r for r, o in enumerate(flat) if len(o) > 1]
+    if not multi:
+        return scores
+    rows_t = torch.tensor([owner[r] for r in multi])
+    cache.reorder_cache(rows_t.to(dev))
+    lo = max(len(flat[r]) for r in multi) - 1
+    oids = torch.full((len(multi), lo), pad, dtype=torch.long)
+    target = torch.zeros_like(oids)
+    omask = torch.zeros_like(oids)
+    for k, r in enumerate(multi):
+        o = flat[r]
+        oids[k, :len(o) - 1], target[k, :len(o) - 1] = torch.tensor(o[:-1]), torch.tensor(o[1:])
+        omask[k, :len(o) - 1] = 1
+    full_mask = torch.cat([mask[rows_t], omask], dim=1)
+    opos = torch.tensor([len(prompts[owner[r]]) for r in multi]).unsqueeze(1) + torch.arange(lo)
+    cont = model(input_ids=oids.to(dev), attention_mask=full_mask.to(dev), position_ids=opos.to(dev),
+                 cache=cache, use_cache=True)
+    logp = torch.log_softmax(cont.logits.float(), dim=-1)
+    rest = logp.gather(-1, target.to(dev).unsqueeze(-1)).squeeze(-1) * omask.to(dev)
+    scores[torch.tensor(multi)] += rest.sum(-1)
+    return scores
+
+
 def option_logps_full(model, enc: Encoder, questions: list[tuple[str, bytes | None, list[str]]],
                       batch_size: int = 64) -> list[list[float]]:
     """Reference implementation: every option a full right-padded sequence (no cache sharing)."""

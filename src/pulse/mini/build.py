@@ -175,6 +175,8 @@ def build_into(out: Path, cfg: BuildConfig, log=print) -> dict:
 
 
 def _build(out: Path, cfg: BuildConfig, log) -> dict:
+    """The build as a recipe: world, tokenizer and model, then the vision stage, pre-training and fine-tuning, each
+    trained model saved and evaluated; build.json records recipes, timings and accuracies."""
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
@@ -182,57 +184,18 @@ def _build(out: Path, cfg: BuildConfig, log) -> dict:
     write_world(make_world(cfg.world), tmp)
     data = load_world_data(tmp)
     timings["world_s"] = round(time.time() - t0, 1)
-
-    celeb_samples = qa_samples(data["pretrain_pairs"], PLAIN)
-    mmb_samples = mmbench_samples(data["mmbench_train"], PLAIN)
-    ft_samples = qa_samples(data["ft_pairs"], PLAIN)
-    texts = tokenizer_texts(celeb_samples + mmb_samples + ft_samples, data["fictional"] + data["celebrities"],
-                            data["mmbench"], PLAIN)
+    samples = {"celebrities": qa_samples(data["pretrain_pairs"], PLAIN),
+               "mmbench": mmbench_samples(data["mmbench_train"], PLAIN),
+               "fictional": qa_samples(data["ft_pairs"], PLAIN)}
+    texts = tokenizer_texts(samples["celebrities"] + samples["mmbench"] + samples["fictional"],
+                            data["fictional"] + data["celebrities"], data["mmbench"], PLAIN)
     lm = build_tiny_llava(texts, cfg.model, seed=cfg.seed)
     enc = Encoder(lm.processor)
     n_params = sum(p.numel() for p in lm.model.parameters())
     log(f"tiny LLaVA: {n_params / 1e6:.2f} M parameters, vocabulary {len(lm.tokenizer)}")
-
-    # phase 0: the vision tower alone on the mini-MMBench training scenes (stand-in for CLIP's pre-training)
-    # (vision.steps 0: no stage, the tower trains with the language model, as before this stage existed)
-    t = time.time()
-    vision = replace(cfg.vision, seed=cfg.seed)
-    vision_info, frozen = None, ()
-    if vision.steps:
-        vision_info, frozen = pretrain_vision(lm.model, enc, data["mmbench_train"], vision), (VISION_TOWER,)
-        log(f"vision stage: {vision_info['train_accuracy']:.1f}% of the training scenes' {vision_info['classes']} "
-            f"classes")
-    timings["vision_s"] = round(time.time() - t, 1)
-
-    # phase 1: pre-training (celebrities by exposure + mini-MMBench skills), vision tower frozen
-    t = time.time()
-    exposure = [data["exposure"][p.person_id] for p in data["pretrain_pairs"]]
-    pretrain_samples = celeb_samples + mmb_samples
-    pretrain_weights = _rescale(exposure + [1.0] * len(mmb_samples), len(celeb_samples), cfg.mmbench_share)
-    pretrain = replace(cfg.pretrain, seed=cfg.seed)
-    lm.model, _ = train_on(lm.model, enc, pretrain_samples, pretrain, weights=pretrain_weights, desc="pre-training",
-                           frozen=frozen)
-    timings["pretrain_s"] = round(time.time() - t, 1)
-    save_model(lm, tmp / "models" / "pretrained", extra={"phase": "pretrained"})
-    t = time.time()
-    with progress.stage("mini build, pre-trained model"):
-        metrics = {"pretrained": evaluate_world(lm, enc, data)}
-    timings["eval_pretrained_s"] = round(time.time() - t, 1)
-    log(f"pre-trained: {_fmt(metrics['pretrained'])}")
-
-    # phase 2: fine-tuning on the fictional people (+ replay of pre-training data)
-    t = time.time()
-    samples = ft_samples + pretrain_samples
-    weights = _rescale([1.0] * len(ft_samples) + pretrain_weights, len(ft_samples), cfg.replay_share)
-    finetune = replace(cfg.finetune, seed=cfg.seed + 1)
-    if finetune.mode not in ("lora", "full"):
-        raise PulseError(f"unknown finetune mode {finetune.mode!r}; use 'lora' or 'full'")
-    lm.model, _ = train_on(lm.model, enc, samples, finetune, weights=weights, desc="fine-tuning", frozen=frozen)
-    timings["finetune_s"] = round(time.time() - t, 1)
-    save_model(lm, tmp / "models" / "finetuned", extra={"phase": "finetuned", "finetune": finetune.mode})
-    with progress.stage("mini build, fine-tuned model"):
-        metrics["finetuned"] = evaluate_world(lm, enc, data)
-    log(f"fine-tuned:  {_fmt(metrics['finetuned'])}")
+    vision, vision_info, frozen = _vision_stage(lm, enc, data, cfg, timings, log)
+    pretrain, metrics, pretrain_weights = _pretrain_stage(lm, enc, data, samples, cfg, frozen, tmp, timings, log)
+    finetune = _finetune_stage(lm, enc, data, samples, pretrain_weights, cfg, frozen, tmp, timings, metrics, log)
     timings["total_s"] = round(time.time() - t0, 1)
     report = {"config": asdict(cfg), "recipes": {"vision": asdict(vision), "pretrain": asdict(pretrain),
                                                   "finetune": asdict(finetune)},
@@ -241,6 +204,61 @@ def _build(out: Path, cfg: BuildConfig, log) -> dict:
     (tmp / "build.json").write_text(json.dumps(report, indent=2))
     tmp.rename(out)
     return report
+
+
+def _vision_stage(lm, enc, data, cfg: BuildConfig, timings: dict, log):
+    """Phase 0: the vision tower alone on the mini-MMBench training scenes (stand-in for CLIP's pre-training);
+    vision.steps 0: no stage, the tower trains with the language model. (recipe, record, frozen prefixes)."""
+    t = time.time()
+    vision = replace(cfg.vision, seed=cfg.seed)
+    vision_info, frozen = None, ()
+    if vision.steps:
+        vision_info, frozen = pretrain_vision(lm.model, enc, data["mmbench_train"], vision), (VISION_TOWER,)
+        log(f"vision stage: {vision_info['train_accuracy']:.1f}% of the training scenes' {vision_info['classes']} "
+            f"classes")
+    timings["vision_s"] = round(time.time() - t, 1)
+    return vision, vision_info, frozen
+
+
+def _pretrain_stage(lm, enc, data, samples, cfg: BuildConfig, frozen, tmp: Path, timings: dict, log):
+    """Phase 1: pre-training (celebrities by exposure + mini-MMBench skills), vision tower frozen; the model saved
+    and evaluated. (recipe, {"pretrained": accuracies}, the pre-training samples' weights)."""
+    t = time.time()
+    exposure = [data["exposure"][p.person_id] for p in data["pretrain_pairs"]]
+    pretrain_samples = samples["celebrities"] + samples["mmbench"]
+    weights = _rescale(exposure + [1.0] * len(samples["mmbench"]), len(samples["celebrities"]), cfg.mmbench_share)
+    pretrain = replace(cfg.pretrain, seed=cfg.seed)
+    lm.model, _ = train_on(lm.model, enc, pretrain_samples, pretrain, weights=weights, desc="pre-training",
+                           frozen=frozen)
+    timings["pretrain_s"] = round(time.time() - t, 1)
+    save_model(lm, tmp / "models" / "pretrained", extra={"phase": "pretrained"})
+    t = time.time()
+    with progress.stage("mini build, pre-trained model"):
+        metrics = {"pretrained": evaluate_world(lm, enc, data)}
+    timings["eval_pretrained_s"] = round(time.time() - t, 1)
+    log(f"pre-trained: {_fmt(metrics['pretrained'])}")
+    return pretrain, metrics, weights
+
+
+def _finetune_stage(lm, enc, data, samples, pretrain_weights, cfg: BuildConfig, frozen, tmp: Path, timings: dict,
+                    metrics: dict, log):
+    """Phase 2: fine-tuning on the fictional people (+ replay of pre-training data); saved and evaluated into
+    `metrics["finetuned"]`. Returns the recipe."""
+    t = time.time()
+    replay = samples["celebrities"] + samples["mmbench"]
+    weights = _rescale([1.0] * len(samples["fictional"]) + pretrain_weights, len(samples["fictional"]),
+                       cfg.replay_share)
+    finetune = replace(cfg.finetune, seed=cfg.seed + 1)
+    if finetune.mode not in ("lora", "full"):
+        raise PulseError(f"unknown finetune mode {finetune.mode!r}; use 'lora' or 'full'")
+    lm.model, _ = train_on(lm.model, enc, samples["fictional"] + replay, finetune, weights=weights,
+                           desc="fine-tuning", frozen=frozen)
+    timings["finetune_s"] = round(time.time() - t, 1)
+    save_model(lm, tmp / "models" / "finetuned", extra={"phase": "finetuned", "finetune": finetune.mode})
+    with progress.stage("mini build, fine-tuned model"):
+        metrics["finetuned"] = evaluate_world(lm, enc, data)
+    log(f"fine-tuned:  {_fmt(metrics['finetuned'])}")
+    return finetune
 
 
 def _rescale(weights: list[float], n_main: int, share: float) -> list[float]:

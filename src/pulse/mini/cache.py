@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import PulseError
@@ -33,8 +33,8 @@ BUILD_MODULES = (
     "pulse.mini", "pulse.mini.build", "pulse.mini.cache", "pulse.mini.lock", "pulse.mini.model",
     "pulse.mini.portraits", "pulse.mini.train", "pulse.mini.world",
     "pulse.models", "pulse.models.batches", "pulse.models.load", "pulse.models.targets", "pulse.models.templates",
-    "pulse.unlearn", "pulse.unlearn.finetune", "pulse.unlearn.loop", "pulse.unlearn.losses", "pulse.unlearn.methods",
-    "pulse.unlearn.recipe",
+    "pulse.unlearn", "pulse.unlearn.checkpoints", "pulse.unlearn.finetune", "pulse.unlearn.loop", "pulse.unlearn.losses",
+    "pulse.unlearn.methods", "pulse.unlearn.recipe",
 )
 
 
@@ -63,6 +63,14 @@ def code_hash() -> str:
 def world_key(cfg: BuildConfig) -> str:
     blob = json.dumps({"config": asdict(cfg), "format": FORMAT, "code": code_hash()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass
+class MiniConfig:
+    """The run config's `mini` section: which world a run uses and where built worlds are kept."""
+    cache: str = "~/.cache/pulse"  # where the built mini world is kept between runs (env PULSE_CACHE wins)
+    seed: int = 0
+    size: str = "default"  # "default" (the targets in the README) or "small" (tests, CI: seconds)
 
 
 SHIPPED = Path(__file__).resolve().parents[3] / "worlds"  # the repository's worlds/ (absent from a wheel install)

@@ -11,7 +11,8 @@ import torch
 from .. import progress
 from ..models.batches import Encoder
 from ..models.load import LoadedModel
-from ..unlearn.loop import Checkpoints, finish, prepare, steps_for, unlearn_request
+from ..unlearn.checkpoints import Checkpoints
+from ..unlearn.loop import finish, prepare, steps_for, unlearn_request
 from ..unlearn.recipe import UnlearnSection
 from ..unlearn.sharded import group_request
 from . import fingerprint
@@ -58,7 +59,7 @@ class Done:
     model: object
     record: dict
     status: str
-    diverged: dict | None
+    diverged: dict  # {"reason", "step"} of a diverged request, else empty
     lora_at_budget: list | None
 
 
@@ -67,7 +68,7 @@ def run_request(setup: CellSetup, r: int, model, before: dict, *, fresh: bool, k
     the model after it. `fresh`: drop in-request checkpoints (they belong to another trajectory). `keep_lora`: keep
     the trainable LoRA weights at the budget, for the probes. The in-request checkpoints stay until the caller has
     written the record."""
-    ctx, cell, stop = setup.ctx, setup.cell, setup.baseline.stop
+    ctx, cell, stop, people = setup.ctx, setup.cell, setup.baseline.stop, setup.baseline.people
     forget = setup.forget_samples(r)
     budget = steps_for(len(forget), setup.recipe)
     cap = (ctx.cfg.unlearn.stop.max_steps or budget) if stop else budget
@@ -84,8 +85,8 @@ def run_request(setup: CellSetup, r: int, model, before: dict, *, fresh: bool, k
     record = {"meta": {"scenario": cell.scenario, "method": cell.method, "target": cell.target, "seed": cell.seed,
                        "request": r},
               "status": status, "losses": result.losses, "training": result.info, "mcq": mcq, "mmbench": mmb,
-              "splits": splits(cell.scenario, *_people(setup), r), "request_seed": request_seed(cell, r),
-              "halves": setup.baseline.request0["halves"]}
+              "splits": splits(cell.scenario, people.unlearn, people.retain, people.folds, r),
+              "request_seed": request_seed(cell, r), "halves": setup.baseline.request0["halves"]}
     if ctx.cfg.eval.every:
         record["curve"] = track.state["curve"]
     if stop:
@@ -94,11 +95,6 @@ def run_request(setup: CellSetup, r: int, model, before: dict, *, fresh: bool, k
     if status == "diverged" and r < n:
         record["not_run"] = list(range(r + 1, n + 1))  # the sequence stops at a diverged request
     return Done(model, record, status, result.info.get("diverged") or {}, track.lora_at_budget)
-
-
-def _people(setup: CellSetup) -> tuple:
-    p = setup.baseline.people
-    return p.unlearn, p.retain, p.folds
 
 
 def _not_matched(stop: dict, result, cap: int) -> dict:

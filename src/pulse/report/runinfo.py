@@ -72,14 +72,14 @@ def _record(manifest: dict, key: str) -> dict:
 
 
 def world_name(manifest: dict) -> str:
-    """'mini world mini-e00766b406e4' (the built world's folder), or 'the built-in mini world' when the manifest
+    """'mini world mini-<key>' (the built world's folder), or 'the built-in mini world' when the manifest
     records no path."""
     path = _record(manifest, "mini_world").get("path")
     return f"mini world {Path(str(path)).name}" if path else "the built-in mini world"
 
 
 def world(manifest: dict) -> str | None:
-    """'built-in mini world mini-e00766b406e4 (size default, seed 0), at <path>'; None for a real-data run."""
+    """'built-in mini world mini-<key> (size default, seed 0), at <path>'; None for a real-data run."""
     if not uses_mini_world(manifest):
         return None
     mini = _section(manifest, "mini")

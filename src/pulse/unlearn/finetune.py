@@ -34,7 +34,8 @@ from ..models.batches import Encoder, Sample, forward
 from ..models.load import DTYPES, load_model, save_model
 from ..models.templates import MLLMU
 from ..provenance import versions
-from .loop import Checkpoints, batch_plan, finish, fit, prepare, release_fp32, weighted_plan
+from .checkpoints import Checkpoints
+from .loop import batch_plan, finish, fit, prepare, release_fp32, weighted_plan
 from .losses import nll
 from .recipe import FinetuneSection
 
@@ -111,26 +112,22 @@ def _files_record(root: Path, config: str) -> list[dict]:
     return out
 
 
-def run_finetune(base, data, out, ft: FinetuneSection, *, device: str = "auto", dtype: str = "auto",
-                 template: str | None = None, log=print, on_step=None) -> dict:
-    """`pulse finetune`: fine-tune `base` on the first `ft.people` Full_Set people of the MLLMU-Bench folder `data`,
-    write the merged checkpoint to `out` (atomically) with `pulse_finetune.json`; returns that record."""
-    base, data, out = str(base), Path(data).expanduser(), Path(out).expanduser()
-    if out.exists():
-        raise PulseError(f"{out}: already exists; a finished fine-tuning is never overwritten — choose a new --out")
-    partial = out.with_name(out.name + ".partial")
+def _people_and_pairs(data: Path, n: int) -> tuple[list, list]:
+    """The first `n` Full_Set people by ID and their training-flavour QA pairs (every person must have some)."""
     people = sorted(read_people(data, FULL_SET), key=lambda p: p.id)
-    if len(people) < ft.people:
-        raise PulseError(f"{data}/{FULL_SET}: {len(people)} people, finetune.people asks for {ft.people}")
-    people = people[:ft.people]
+    if len(people) < n:
+        raise PulseError(f"{data}/{FULL_SET}: {len(people)} people, finetune.people asks for {n}")
+    people = people[:n]
     ids = {p.id for p in people}
     pairs = [q for q in read_qa_pairs(data, FT_DATA) if q.person_id in ids]
     missing = sorted(ids - {q.person_id for q in pairs})
     if missing:
         raise PulseError(f"{data}/{FT_DATA}: no QA pairs for people {missing[:5]}")
-    request = {"base": base, "data": str(data), "people": [p.id for p in people], "recipe": asdict(ft),
-               "device": device, "dtype": dtype, "template": template}
-    marker = partial / "pulse_finetune.request.json"
+    return people, pairs
+
+
+def _open_partial(partial: Path, marker: Path, request: dict, log) -> None:
+    """The OUT.partial folder of this fine-tuning: resumed when it holds one with the same arguments, else new."""
     if partial.exists():
         old = json.loads(marker.read_text()) if marker.is_file() else None
         if old != request:
@@ -140,6 +137,21 @@ def run_finetune(base, data, out, ft: FinetuneSection, *, device: str = "auto", 
     else:
         partial.mkdir(parents=True)
         atomic_write_json(marker, request)
+
+
+def run_finetune(base, data, out, ft: FinetuneSection, *, device: str = "auto", dtype: str = "auto",
+                 template: str | None = None, log=print, on_step=None) -> dict:
+    """`pulse finetune`: fine-tune `base` on the first `ft.people` Full_Set people of the MLLMU-Bench folder `data`,
+    write the merged checkpoint to `out` (atomically) with `pulse_finetune.json`; returns that record."""
+    base, data, out = str(base), Path(data).expanduser(), Path(out).expanduser()
+    if out.exists():
+        raise PulseError(f"{out}: already exists; a finished fine-tuning is never overwritten — choose a new --out")
+    partial = out.with_name(out.name + ".partial")
+    people, pairs = _people_and_pairs(data, ft.people)
+    request = {"base": base, "data": str(data), "people": [p.id for p in people], "recipe": asdict(ft),
+               "device": device, "dtype": dtype, "template": template}
+    marker = partial / "pulse_finetune.request.json"
+    _open_partial(partial, marker, request, log)
     started = time.time()
     lm = load_model(base, dtype=dtype, device=device, template=template)
     enc = Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype, eos=ft.eos)

@@ -32,12 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import math
 import random
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +46,7 @@ from .. import progress
 from ..errors import PulseError
 from ..models.batches import Encoder, Sample, forward
 from ..models.targets import full_parameter_names, target_regex
+from .checkpoints import Checkpoints
 from .losses import sequence_logps_sum
 from .methods import IDK_ANSWERS, Outputs, check_method_mode, get_method, method_loss
 from .recipe import Recipe
@@ -287,8 +286,8 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def fit(named: list[tuple[str, torch.nn.Parameter]], plan: list, loss_fn, r: Recipe, *, ckpt: "Checkpoints | None" = None,
-        desc: str = "train", leave: bool = False, on_step=None, after_step=None,
+def fit(named: list[tuple[str, torch.nn.Parameter]], plan: list, loss_fn, r: Recipe, *,
+        ckpt: "Checkpoints | None" = None, desc: str = "train", leave: bool = False, on_step=None, after_step=None,
         extra: dict | None = None) -> tuple[list[dict], str]:
     """Optimise: for each plan item, loss_fn(item) -> (loss, parts dict with "loss"), backward, clip, AdamW, scheduler.
 
@@ -328,21 +327,9 @@ def fit(named: list[tuple[str, torch.nn.Parameter]], plan: list, loss_fn, r: Rec
         lr = opt.param_groups[0]["lr"]
         loss, parts = loss_fn(plan[step])
         losses.append({"step": step, "lr": lr, **parts})
-        if not math.isfinite(parts["loss"]):
-            losses[-1]["diverged"] = "loss"
-            status = "diverged"
-            break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = grad_norm(params, r.clip)
-        if not math.isfinite(norm):
-            losses[-1].update(diverged="gradient", grad_norm=norm)
-            status = "diverged"
-            break
-        opt.step()
-        sched.step()
-        if not all_finite(params):
-            losses[-1].update(diverged="weights", weights_restored=False)
+        diverged = _update(loss, parts["loss"], params, opt, sched, r.clip)
+        if diverged:
+            losses[-1].update(diverged)
             status = "diverged"
             break
         if step % 20 == 0:
@@ -356,107 +343,22 @@ def fit(named: list[tuple[str, torch.nn.Parameter]], plan: list, loss_fn, r: Rec
     return losses, status
 
 
-# --- checkpoints (safetensors + JSON; no pickle) -------------------------------------------------------------------
+def _update(loss, loss_value: float, params, opt, sched, clip) -> dict | None:
+    """One optimizer step on `loss`, or what diverged instead: a non-finite loss or gradient norm (before the
+    update), non-finite weights (after it)."""
+    if not math.isfinite(loss_value):
+        return {"diverged": "loss"}
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = grad_norm(params, clip)
+    if not math.isfinite(norm):
+        return {"diverged": "gradient", "grad_norm": norm}
+    opt.step()
+    sched.step()
+    if not all_finite(params):
+        return {"diverged": "weights", "weights_restored": False}
+    return None
 
-def _plan_hash(plan: list) -> str:
-    return hashlib.sha256(json.dumps(plan).encode()).hexdigest()[:16]
-
-
-class Checkpoints:
-    """Resumable training state in `folder`/step-<N>/: `trainable.safetensors` (the trainable parameters by name —
-    the LoRA adapter in LoRA mode), `optimizer.safetensors` (AdamW's per-parameter tensors, keys `<index>.<name>`),
-    `rng.safetensors` (torch CPU/CUDA generator states) and `state.json` (step, optimizer param groups, scheduler
-    state, batch-plan hash, losses so far). Written under a temporary name, renamed, older ones deleted. The batch
-    plan is a function of the seed, so the step number is the batch position. `state.json` also holds the caller's
-    `extra` dict and whether training stopped there (see `fit`)."""
-
-    def __init__(self, folder, every: int):
-        self.folder, self.every = Path(folder), every
-
-    def due(self, step: int, total: int) -> bool:
-        return step == total or (self.every > 0 and step % self.every == 0)
-
-    def latest(self) -> Path | None:
-        done = sorted(self.folder.glob("step-*[0-9]"), key=lambda p: int(p.name[5:])) if self.folder.is_dir() else []
-        return done[-1] if done else None
-
-    def save(self, step, named, opt, sched, plan, losses, extra: dict | None = None, stopped: bool = False) -> None:
-        from safetensors.torch import save_file
-
-        tmp = self.folder / f".step-{step}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({n: p.detach().contiguous().cpu() for n, p in named}, str(tmp / "trainable.safetensors"))
-        sd = opt.state_dict()
-        tensors, scalars = {}, {}
-        for idx, st in sd["state"].items():
-            for k, v in st.items():
-                if torch.is_tensor(v):
-                    tensors[f"{idx}.{k}"] = v.detach().contiguous().cpu()
-                else:
-                    scalars[f"{idx}.{k}"] = v
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        save_file(rng, str(tmp / "rng.safetensors"))
-        state = {"step": step, "plan": _plan_hash(plan), "names": [n for n, _ in named],
-                 "param_groups": sd["param_groups"], "state_scalars": scalars, "scheduler": sched.state_dict(),
-                 "losses": losses, "extra": extra, "stopped": stopped}
-        (tmp / "state.json").write_text(json.dumps(state))
-        final = self.folder / f"step-{step}"
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in self.folder.glob("step-*[0-9]"):
-            if old != final:
-                shutil.rmtree(old)
-
-    def resume(self, named, opt, sched, plan, extra: dict | None = None) -> tuple[int, list[dict], bool]:
-        """(step, losses so far, stopped) of the newest checkpoint, its state loaded; `extra` updated in place. A
-        damaged checkpoint is one line naming it (delete the folder: the training restarts from step 0)."""
-        folder = self.latest()
-        if folder is None:
-            return 0, [], False
-        try:
-            return self._load(folder, named, opt, sched, plan, extra)
-        except PulseError:
-            raise
-        except Exception as e:  # truncated / garbled JSON or safetensors, missing keys or tensors
-            why = " ".join(f"{type(e).__name__}: {e}".split())[:160]
-            raise PulseError(f"{folder}: damaged checkpoint ({why}); delete {self.folder} and rerun the same "
-                             f"command to restart that training from its beginning") from None
-
-    def _load(self, folder, named, opt, sched, plan, extra) -> tuple[int, list[dict], bool]:
-        from safetensors.torch import load_file
-
-        state = json.loads((folder / "state.json").read_text())
-        if state["plan"] != _plan_hash(plan) or state["names"] != [n for n, _ in named]:
-            raise PulseError(f"{folder}: checkpoint belongs to another training (different data, recipe or model); "
-                             f"delete {self.folder.parent} to start over")
-        weights = load_file(str(folder / "trainable.safetensors"))
-        with torch.no_grad():
-            for n, p in named:
-                p.copy_(weights[n])
-        tensors = load_file(str(folder / "optimizer.safetensors"))
-        per: dict[int, dict] = {}
-        for key, v in list(tensors.items()) + list(state["state_scalars"].items()):
-            idx, k = key.split(".", 1)
-            per.setdefault(int(idx), {})[k] = v
-        groups = [{**g, "betas": tuple(g["betas"])} for g in state["param_groups"]]
-        opt.load_state_dict({"state": per, "param_groups": groups})
-        sched.load_state_dict(state["scheduler"])
-        rng = load_file(str(folder / "rng.safetensors"))
-        torch.set_rng_state(rng["cpu"])
-        cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda)
-        if extra is not None and state.get("extra") is not None:
-            extra.clear()
-            extra.update(state["extra"])
-        return state["step"], state["losses"], state.get("stopped", False)
-
-
-# --- one unlearning request ---------------------------------------------------------------------------------------
 
 @dataclass
 class RequestResult:

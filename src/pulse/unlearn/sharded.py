@@ -59,8 +59,8 @@ from ..fsutil import atomic_write_bytes, atomic_write_text
 from ..models.batches import Encoder, Sample
 from ..models.load import load_model
 from ..schema import from_dict
-from .loop import (PARAMS_FILE, REQUEST_FILE, RequestResult, apply_saved, fit, prepare, reference_logps_sum, request_info,
-                   request_loss, request_plan)
+from .loop import (PARAMS_FILE, REQUEST_FILE, RequestResult, apply_saved, fit, prepare, reference_logps_sum,
+                   request_info, request_loss, request_plan)
 from .recipe import UnlearnSection
 
 # The plugin used where the accelerate config gives none (CPU): FSDP2, one unit per transformer layer, parameters

@@ -359,7 +359,7 @@ def test_probes_run_after_the_last_request_and_resume(small_world, tmp_path):
     request and the probes rebuilds the model from the saved requests and gives the same files."""
     import pandas as pd
 
-    from pulse.protocol import cell, runner
+    from pulse.protocol import runner
 
     cfg = load_config(SMALL_CONFIG, ["scenarios=[finetuned]", "methods=[ga]", "table3_targets=[]",
                                      "probes.run=[relearn,routes,quant]", "probes.scenarios=[finetuned]",
@@ -387,7 +387,7 @@ def test_probes_act_on_the_budget_model_when_training_went_on_for_matched_forget
     training (its LoRA weights at the budget) or, after a resume, replayed — the same weights bit for bit."""
     import torch
 
-    from pulse.protocol import runner
+    from pulse.protocol import cell as protocol_cell, runner
 
     seen = []
 
@@ -396,7 +396,7 @@ def test_probes_act_on_the_budget_model_when_training_went_on_for_matched_forget
                      {k: v.clone() for k, v in lm.model.state_dict().items()}))
         return {}  # writes no probes.json: the next run calls the probes again, from the stored request
 
-    monkeypatch.setattr(cell, "run_probes", spy)
+    monkeypatch.setattr(protocol_cell, "run_probes", spy)
     cfg = load_config(SMALL_CONFIG, ["scenarios=[finetuned]", "methods=[ga]", "table3_targets=[]", "eval.every=2",
                                      "unlearn.stop={rule: never_learned, margin: -100.0, max_steps: 8}",
                                      "unlearn.lr=0.01", "probes.run=[quant]", "probes.scenarios=[finetuned]"])

@@ -20,9 +20,11 @@ process, sorted by length), so padded lengths differ and float scores may differ
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections import defaultdict, deque
+from datetime import timedelta
 
 from .. import progress
 from ..data.records import FORMS
@@ -55,7 +57,25 @@ def state(cpu: bool | None = None):
     if cpu is None:
         cpu = not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
     st = PartialState(cpu=cpu)
+    if st.num_processes > 1 and not _closing:
+        _closing.append(atexit.register(_close_group))
     return st if st.num_processes > 1 else None
+
+
+_closing: list = []
+
+
+def _close_group() -> None:
+    """At exit: on the CPU (gloo) wait for every process — at most 5 minutes, so a process that failed alone still
+    exits — then close the process group, so no process leaves while another one's communication threads still
+    talk to it (gloo aborts the process left behind)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo":
+        with contextlib.suppress(Exception):
+            dist.monitored_barrier(timeout=timedelta(minutes=5))
+    dist.destroy_process_group()
 
 
 def is_main() -> bool:

@@ -182,7 +182,7 @@ def sweep_winners(cfg, out: Path, scenario: str, seed: int) -> dict:
     """Per method and target, the winning sweep configuration (curves.pick_winner) from the variants' matched
     points — selection-half numbers only; written to cells/<scenario>/sweep__seed<S>.json and returned."""
     candidates_of = variants(cfg)
-    out = {}
+    winners = {}
     for target in cfg.targets:
         for method in cfg.sweep:
             candidates = []
@@ -199,6 +199,6 @@ def sweep_winners(cfg, out: Path, scenario: str, seed: int) -> dict:
                                        "retain_sel": curves.accuracy(preds, set(cell["splits"]["retain"]))
                                        if point else None,
                                        "mmbench_sub": point["mmbench"]["circular"] if point else None})
-            out[f"{method}/{target}"] = {"winner": curves.pick_winner(candidates), "candidates": candidates}
-    atomic_write_json(out / "cells" / scenario / f"sweep__seed{seed}.json", out)
-    return out
+            winners[f"{method}/{target}"] = {"winner": curves.pick_winner(candidates), "candidates": candidates}
+    atomic_write_json(out / "cells" / scenario / f"sweep__seed{seed}.json", winners)
+    return winners

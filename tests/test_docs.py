@@ -284,9 +284,9 @@ def _relax(parser: argparse.ArgumentParser) -> None:
 
 def command_problems(args: list[str], lenient: bool) -> list[str]:
     """Parse `pulse args` as `pulse.cli.main` does (argparse, then `pulse run`'s config + overrides)."""
-    import pulse.cli as cli
+    import pulse.arguments as arguments
 
-    parser = cli._parser()
+    parser = arguments.build_parser()
     words = {"run", "finetune", "eval", "mmbench", "mini", "build", "data", "check", "report"}
     if lenient or all(a in words for a in args):  # `pulse eval ...` or a bare `pulse eval`: a mention
         _relax(parser)
@@ -303,7 +303,7 @@ def command_problems(args: list[str], lenient: bool) -> list[str]:
     problems = []
     if ns.command == "run":
         try:
-            config, overrides = cli._split_run_args(list(ns.args) + extra)
+            config, overrides = arguments.split_run_args(list(ns.args) + extra)
         except Exception as e:  # PulseError: two config files
             return [str(e)]
         if config and config != "1" and config.endswith((".yaml", ".yml")) and not Path(config).is_absolute() \

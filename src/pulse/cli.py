@@ -4,188 +4,21 @@ exits 130 with one line. Checks that need no model run before any build or evalu
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import json
-import math
 import os
 import sys
 import warnings
 from pathlib import Path
 
 from . import progress
+from .arguments import COMMANDS, build_parser, split_run_args  # noqa: F401 (COMMANDS: public)
 from .errors import PulseError
 
 INTERRUPTED = "interrupted — rerun the same command to resume"
 INTERRUPTED_BY_COMMAND = {"run": INTERRUPTED, "finetune": INTERRUPTED,
                           "mini": "interrupted — rerun the same command to build again"}
 DISK_FULL = "free some space and rerun the same command to resume (files written before are intact)"
-
-COMMANDS = {
-    "run": "run the PULSE protocol (default: the mini world, 3 scenarios x ga/ga_klr/npo, Table 3, 3 seeds, "
-           "curves, matched forgetting, probes)",
-    "finetune": "fine-tune a LLaVA checkpoint on the first N fictional people (MLLMU-Bench's recipe); resumable",
-    "eval": "MCQ accuracy of a model on an MLLMU-Bench config, per modality (image / text)",
-    "mmbench": "MMBench accuracy of a model: CircularEval and vanilla, overall and per category",
-    "mini": "build the embedded mini world (synthetic people, mini-MMBench, tiny LLaVA in two phases)",
-    "data": "validate an MLLMU-Bench folder or an MMBench TSV and print a summary",
-    "report": "figures 4 and 5, table 3, findings and report.html from run directories",
-}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit 2), like every other user error."""
-
-    def error(self, message):
-        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
-
-
-def _int_at_least(low: int):
-    """argparse type: an integer >= low."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pulse", description="PULSE: practical evaluation of unlearning in LMMs.",
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--debug", action="store_true", help="show tracebacks (also accepted after the subcommand)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
-    _run_parser(sub)
-    _eval_parsers(sub)
-    _finetune_parser(sub)
-    _mini_and_data_parsers(sub)
-    from .report.build import build_parser
-    build_parser(sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"]))
-    return p
-
-
-def _run_parser(sub) -> None:
-    r = sub.add_parser("run", help=COMMANDS["run"], description=COMMANDS["run"])
-    r.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
-                   help="a YAML config (default: the built-in mini config) and dotted overrides, e.g. seeds=[0]")
-    r.add_argument("--out", type=Path, help="run directory (default runs/<config name>); rerun to resume")
-    r.add_argument("--no-report", action="store_true", help="do not build the report at the end")
-    g = r.add_argument_group("where the cells run (docs/cluster.md)")
-    g.add_argument("--launcher", choices=["serial", "local", "slurm"], default="serial",
-                   help="serial: this process (default); local: --workers processes on this machine, one GPU each "
-                        "when there are GPUs; slurm: a submitit job array, one task per cell")
-    g.add_argument("--workers", type=_int_at_least(1), help="--launcher local: worker processes (default: one per "
-                   "GPU, else 2)")
-    g.add_argument("--cell", type=_int_at_least(0), help="run only the cell at this plan index (an array task; "
-                   "rerun without it to finish the run)")
-    g.add_argument("--print-sbatch", action="store_true", help="print a plain sbatch array script and exit")
-    for flag, kind, text in (("--partition", str, "SLURM partition"), ("--account", str, "SLURM account"),
-                             ("--gpus-per-task", _int_at_least(0), "GPUs per array task (default 1)"),
-                             ("--cpus-per-task", _int_at_least(1), "CPUs per array task"),
-                             ("--mem-gb", _positive_float, "memory per array task (GB)"),
-                             ("--time", _int_at_least(1), "time limit per array task, minutes (default 1440)"),
-                             ("--array-parallelism", _int_at_least(1), "array tasks running at once (default 32)")):
-        g.add_argument(flag, type=kind, help=text)
-    g.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], default="slurm",
-                   help="submitit executor: slurm, or its local/debug executors (tests, dry runs)")
-
-
-def _eval_parsers(sub) -> None:
-    for name in ("eval", "mmbench"):
-        e = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
-        e.add_argument("--model", required=True, help="checkpoint directory (safetensors)")
-        e.add_argument("--scoring", choices=["likelihood", "generate"],
-                       help="default: the model's own (likelihood for the mini model, generate otherwise)")
-        e.add_argument("--dtype", default="auto",
-                       help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16 or float16")
-        e.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-        e.add_argument("--template", help="prompt template name (llava-1.5, plain); default: the checkpoint's")
-        e.add_argument("--trust-remote-code", action="store_true")
-        e.add_argument("--batch-size", type=_int_at_least(1), default=64)
-        e.add_argument("--json", action="store_true", help="print JSON")
-        if name == "eval":
-            e.add_argument("--data", required=True, type=Path, help="MLLMU-Bench folder (local clone)")
-            e.add_argument("--config", required=True, help="config name, e.g. forget_10, Retain_Set, Test_Set")
-            e.add_argument("--demo-people", type=_int_at_least(0),
-                           help="generate mode: few-shot demo people (0 = zero-shot); default 1, Retain_Set 0")
-            e.add_argument("--forget", metavar="CONFIG",
-                           help="evaluate only the people of this config (e.g. forget_10), as MLLMU-Bench's test "
-                                "mode does with Test_Set; demo people are drawn from these IDs")
-            e.add_argument("--seed", type=_int_at_least(0), default=0, help="demo-person and Test_Set image draws")
-            e.add_argument("--predictions", type=Path, help="write per-question predictions (JSON) here")
-        else:
-            e.add_argument("--tsv", required=True, type=Path)
-            e.add_argument("--groups", type=_int_at_least(1), help="seeded subset of N question groups (labelled)")
-            e.add_argument("--max-new-tokens", type=_int_at_least(1), default=1024,
-                           help="generate scoring: at most N new tokens, stopping at EOS (LLaVA-1.5: 1024)")
-            e.add_argument("--predictions", type=Path,
-                           help="write one JSON line per TSV row here: index, prompt, output, prediction")
-            e.add_argument("--image", choices=["pad", "processor"], default="pad",
-                           help="pad: LLaVA-1.5's pad-to-square (mean colour) before the processor (default); "
-                                "processor: the checkpoint's processor alone")
-
-
-def _finetune_parser(sub) -> None:
-    f = sub.add_parser("finetune", help=COMMANDS["finetune"], description=COMMANDS["finetune"])
-    f.add_argument("args", nargs="*", metavar="key=value",
-                   help="recipe overrides (finetune section), e.g. lr=1e-4 save_every=500 gradient_checkpointing=true")
-    f.add_argument("--model", required=True,
-                   help="base checkpoint directory (e.g. a copy of llava-hf/llava-1.5-13b-hf)")
-    f.add_argument("--data", required=True, type=Path, help="MLLMU-Bench folder (local clone; Full_Set, ft_Data)")
-    f.add_argument("--out", required=True, type=Path,
-                   help="output checkpoint directory, must not exist (an interrupted run resumes from OUT.partial)")
-    f.add_argument("--people", type=_int_at_least(1),
-                   help="the first N Full_Set people by ID (default 100, as the paper)")
-    f.add_argument("--epochs", type=_int_at_least(1), help="epochs (default 5, MLLMU-Bench's README)")
-    f.add_argument("--dtype", default="auto",
-                   help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
-    f.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    f.add_argument("--template", help="prompt template of the final MCQ evaluation; default: the checkpoint's")
-
-
-def _mini_and_data_parsers(sub) -> None:
-    m = sub.add_parser("mini", help=COMMANDS["mini"], description=COMMANDS["mini"])
-    msub = m.add_subparsers(dest="mini_command", required=True, metavar="build")
-    b = msub.add_parser("build", help="generate the world and train the tiny LLaVA (about 10 min on 2 cores)")
-    b.add_argument("--out", type=Path, help="the folder to build into (must not exist)")
-    b.add_argument("--seed", type=_int_at_least(0), default=0)
-    b.add_argument("--ship", action="store_true",
-                   help="maintainers: build into the repository's worlds/mini-<key>/ with SHA256SUMS, the copy a "
-                        "first `pulse run` uses instead of building")
-
-    d = sub.add_parser("data", help=COMMANDS["data"], description=COMMANDS["data"])
-    dsub = d.add_subparsers(dest="data_command", required=True, metavar="check")
-    c = dsub.add_parser("check", help="validate PATH (MLLMU-Bench folder or MMBench .tsv)")
-    c.add_argument("path", type=Path)
-    c.add_argument("--json", action="store_true")
-
-
-def _split_run_args(args: list[str]) -> tuple[str | None, list[str]]:
-    config = None
-    overrides = []
-    for a in args:
-        if "=" in a:
-            overrides.append(a)
-        elif config is None:
-            config = a
-        else:
-            raise PulseError(f"unexpected argument {a!r}: give one config file and key=value overrides")
-    return config, overrides
-
 
 def _check_output_dir(path: Path, label: str) -> None:
     """`path` will be created if missing and written into: refused if it (or a parent) is a file, or if the first
@@ -276,7 +109,7 @@ def cmd_run(a) -> int:
     from .config import load_config
     from .protocol.runner import run
 
-    config, overrides = _split_run_args(a.args)
+    config, overrides = split_run_args(a.args)
     cfg = load_config(config, overrides)
     out = a.out or Path("runs") / cfg.name
     _preflight_run(cfg, out, f"--out {out}" if a.out else f"run directory {out}")
@@ -393,10 +226,10 @@ def _load(a):
 
 
 def cmd_eval(a) -> int:
-    """MLLMU-Bench classification on one ID list: demos drawn from that list (seeded), records from Full_Set;
-    the celebrities (Retain_Set) zero-shot, as eval.py."""
+    """MLLMU-Bench's tasks on one ID list (`--tasks`, default classification): demos drawn from that list
+    (seeded), records from Full_Set; the celebrities (Retain_Set) zero-shot, as eval.py."""
     from .data.mllmu import CELEBRITY_SET, FULL_SET, read_people
-    from .eval.parallel import evaluate_mcq, is_main
+    from .eval.parallel import evaluate_mcq, is_main, state
 
     _check_output_file(a.predictions, "--predictions")
     _check_device(a)
@@ -418,24 +251,71 @@ def cmd_eval(a) -> int:
         except PulseError as e:
             raise PulseError(f"{e} (few-shot demos take their records from {FULL_SET}; "
                              f"--demo-people 0 for zero-shot)") from None
-    res = evaluate_mcq(lm, people, scoring=a.scoring, demo_people=demo_people, demo_seed=a.seed,
-                       demo_source=demo_source, batch_size=a.batch_size)
+    open_tasks = [t for t in a.tasks if t != "mcq"]
+    if open_tasks and state() is not None:
+        raise PulseError(f"--tasks {','.join(open_tasks)}: runs in one process; launch pulse eval without "
+                         f"accelerate / torchrun for these tasks")
+    res = None
+    if "mcq" in a.tasks:
+        res = evaluate_mcq(lm, people, scoring=a.scoring, demo_people=demo_people, demo_seed=a.seed,
+                           demo_source=demo_source, batch_size=a.batch_size)
     if not is_main():  # a data-parallel launch (eval/parallel.py): the main process reports
         return 0
-    out = {"image": round(res.accuracy["image"], 2), "text": round(res.accuracy["text"], 2), "n": res.n,
-           "scoring": a.scoring or lm.scoring, "demo_ids": res.demo_ids, "demo_people": demo_people,
-           "config": a.config, "forget": a.forget, "device": str(lm.device),
+    out = {"config": a.config, "forget": a.forget, "device": str(lm.device),
            "dtype": str(next(lm.model.parameters()).dtype).removeprefix("torch.")}
+    if res is not None:
+        out.update({"image": round(res.accuracy["image"], 2), "text": round(res.accuracy["text"], 2), "n": res.n,
+                    "scoring": a.scoring or lm.scoring, "demo_ids": res.demo_ids, "demo_people": demo_people})
+    records = _open_tasks(a, lm, people, open_tasks, out)
     if a.predictions:
         from .fsutil import atomic_write_json
-        atomic_write_json(a.predictions, res.predictions)
+        mcq_records = res.predictions if res is not None else []
+        atomic_write_json(a.predictions, mcq_records if not open_tasks
+                          else [{"task": "mcq", **r} for r in mcq_records] + records)
+    _print_eval(a, out)
+    return 0
+
+
+def _open_tasks(a, lm, people, tasks: list[str], out: dict) -> list[dict]:
+    """MLLMU-Bench's cloze and generation on `people` (eval/open_tasks.py): their summaries into `out`; their
+    per-question records returned."""
+    from .data.mllmu import FULL_SET, read_people
+    from .eval.open_tasks import evaluate_cloze, evaluate_generation
+    from .models.batches import Encoder
+
+    enc = Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype)
+    records = []
+    for task in tasks:
+        if task == "cloze":
+            source = people if a.config == FULL_SET or not a.cloze_demo_people else read_people(a.data, FULL_SET)
+            res = evaluate_cloze(lm, people, enc=enc, demo_people=a.cloze_demo_people, demo_seed=a.seed,
+                                 demo_source=source, batch_size=min(a.batch_size, 16))
+        else:
+            res = evaluate_generation(lm, people, enc=enc, batch_size=min(a.batch_size, 16))
+        out[task] = {"scores": {f: {k: round(v, 4) for k, v in s.items()} for f, s in res.scores.items()},
+                     "n": res.n, "demo_ids": res.demo_ids}
+        records += res.records
+    return records
+
+
+def _print_eval(a, out: dict) -> None:
     if a.json:
         print(json.dumps(out))
-    else:
-        name = f"{a.config} ({a.forget} people)" if a.forget else a.config
-        print(f"{name}: image {out['image']:.1f}% ({res.n['image']} questions), "
-              f"text {out['text']:.1f}% ({res.n['text']} questions) [{out['scoring']} scoring]")
-    return 0
+        return
+    name = f"{a.config} ({a.forget} people)" if a.forget else a.config
+    if "image" in out:
+        print(f"{name}: image {out['image']:.1f}% ({out['n']['image']} questions), "
+              f"text {out['text']:.1f}% ({out['n']['text']} questions) [{out['scoring']} scoring]")
+    if "cloze" in out:
+        c = out["cloze"]
+        print(f"{name} cloze: image {c['scores']['image']['accuracy']:.1f}% ({c['n']['image']} questions), "
+              f"text {c['scores']['text']['accuracy']:.1f}% ({c['n']['text']} questions)")
+    if "generation" in out:
+        g = out["generation"]
+        for form in ("image", "text"):
+            s = g["scores"][form]
+            print(f"{name} generation ({form}, {g['n'][form]} questions): ROUGE-1 {s['rouge1']:.3f}, "
+                  f"ROUGE-2 {s['rouge2']:.3f}, ROUGE-L {s['rougeL']:.3f}, BLEU {s['bleu']:.3f}")
 
 
 def cmd_mmbench(a) -> int:
@@ -580,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     # peft's merge calls a transformers property deprecated in v5; harmless, and noise for users
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
-    parser = _parser()
+    parser = build_parser()
     a, extra = parser.parse_known_args(argv)
     if extra and (a.command not in ("run", "finetune") or any(x.startswith("-") for x in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -106,7 +106,7 @@ def test_old_run_without_vanilla_rows(tmp_path, synth, capsys):
 
 
 def test_pulse_report_command_has_the_switch():
-    from pulse.cli import _parser
+    from pulse.arguments import build_parser as _parser
     assert _parser().parse_args(["report", "runs/x", "--mmbench", "vanilla"]).mmbench == "vanilla"
     assert _parser().parse_args(["report", "runs/x"]).mmbench == "circular"
     with pytest.raises(SystemExit):

@@ -14,15 +14,15 @@ from pathlib import Path
 import yaml
 
 from .errors import PulseError
-from .models.load import DTYPES, check_device_dtype
 from .mini.cache import MiniConfig
+from .models.load import DTYPES, check_device_dtype
 from .models.targets import TARGETS
 from .schema import coerce, from_dict
 from .unlearn.methods import check_method_mode, check_params, get_method
 from .unlearn.recipe import FinetuneSection, Recipe, StopRule, UnlearnSection, validate_recipe
 
-__all__ = ["RunConfig", "MiniConfig", "Recipe", "StopRule", "UnlearnSection", "FinetuneSection", "load_config", "load_finetune",
-           "from_manifest", "to_dict", "validate_recipe"]
+__all__ = ["RunConfig", "MiniConfig", "Recipe", "StopRule", "UnlearnSection", "FinetuneSection", "load_config",
+           "load_finetune", "from_manifest", "to_dict", "validate_recipe", "method_references"]
 
 
 @dataclass

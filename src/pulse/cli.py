@@ -289,9 +289,9 @@ def _open_tasks(a, lm, people, tasks: list[str], out: dict) -> list[dict]:
         if task == "cloze":
             source = people if a.config == FULL_SET or not a.cloze_demo_people else read_people(a.data, FULL_SET)
             res = evaluate_cloze(lm, people, enc=enc, demo_people=a.cloze_demo_people, demo_seed=a.seed,
-                                 demo_source=source, batch_size=min(a.batch_size, 16))
+                                 demo_source=source, batch_size=a.batch_size)
         else:
-            res = evaluate_generation(lm, people, enc=enc, batch_size=min(a.batch_size, 16))
+            res = evaluate_generation(lm, people, enc=enc, batch_size=a.batch_size)
         out[task] = {"scores": {f: {k: round(v, 4) for k, v in s.items()} for f, s in res.scores.items()},
                      "n": res.n, "demo_ids": res.demo_ids}
         records += res.records

@@ -34,17 +34,18 @@ def cells(cfg: RunConfig) -> list[Cell]:
     return [Cell(s, m, t, seed) for seed in cfg.seeds for s in cfg.scenarios for m, t in pairs[s]]
 
 
-def method_name(cfg: RunConfig, written: str) -> str:
-    """The name a method goes by in cell folders, results and reports: its `Method.name` (a reference such as
-    `examples.my_method:MY_METHOD` is shown as the name it defines)."""
-    return {ref: name for name, ref in method_references(cfg.methods + cfg.table3_methods).items()}.get(written,
-                                                                                                       written)
+def method_names(cfg: RunConfig) -> dict[str, str]:
+    """{method as written in the config: the name it goes by in cell folders, results and reports}: its
+    `Method.name` (a reference such as `examples.my_method:MY_METHOD` is shown as the name it defines)."""
+    written = cfg.methods + cfg.table3_methods
+    by_reference = {ref: name for name, ref in method_references(written).items()}
+    return {m: by_reference.get(m, m) for m in written}
 
 
 def plan(cfg: RunConfig) -> dict[str, list[tuple[str, str]]]:
     """(method, target) pairs per scenario; the fine-tuned scenario also holds Table 3's extra targets; sweep
     variants (method `<method>@<config>`) follow in the single-request scenarios, for the run's targets."""
-    names = {m: method_name(cfg, m) for m in cfg.methods + cfg.table3_methods}
+    names = method_names(cfg)
     base = [(names[m], t) for t in cfg.targets for m in cfg.methods]
     extra = [(names[m], t) for t in cfg.table3_targets for m in cfg.table3_methods if (names[m], t) not in base]
     swept = [(v, t) for t in cfg.targets for v in variants(cfg)]
@@ -56,13 +57,13 @@ def variants(cfg: RunConfig) -> dict[str, dict]:
     """The sweep's cells: `<method>@<k>=<v>+<k>=<v>` (grid keys in their declared order, values with %g) ->
     {"method": as written in `methods`, "lr", "params": the method's own overrides}; grids as the product of the
     declared lists."""
-    out = {}
+    out, names = {}, method_names(cfg)
     for method, grid in cfg.sweep.items():
         keys = list(grid)
         for values in itertools.product(*(grid[k] for k in keys)):
             chosen = dict(zip(keys, values))
             label = "+".join(f"{k}={format(v, 'g') if isinstance(v, float) else v}" for k, v in chosen.items())
-            out[f"{method_name(cfg, method)}@{label}"] = {"method": method, "lr": chosen.pop("lr", cfg.unlearn.lr),
+            out[f"{names[method]}@{label}"] = {"method": method, "lr": chosen.pop("lr", cfg.unlearn.lr),
                                                           "params": chosen}
     return out
 

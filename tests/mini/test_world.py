@@ -72,6 +72,29 @@ def test_counts_and_ids(world):
     assert len({x.group for x in world.mmbench}) == 20 and len(world.mmbench_train) == 60
 
 
+def test_held_out_people_follow_the_fine_tuned_ones_and_change_nothing_before_them(world, written):
+    held = world.holdout
+    assert [p.id for p in held] == [f"{i:03d}" for i in range(7, 7 + SMALL.n_holdout)]
+    names = [p.name for p in world.fictional + world.celebrities + held]
+    assert len(set(names)) == len(names)
+    portraits = np.stack([pics.pixels(decode_image(p.image)) for p in world.fictional + world.celebrities + held])
+    d = np.sqrt(((portraits[:, None] - portraits[None]) ** 2).mean(-1))
+    np.fill_diagonal(d, np.inf)
+    assert d.min() >= pics.MIN_PORTRAIT_DISTANCE
+    # Full_Set and ft_Data hold them after the fine-tuned people (as MLLMU-Bench's people after the first 100);
+    # the splits and Test_Set do not
+    assert [p.id for p in read_people(written / "mllmu", "Full_Set")] == [p.id for p in world.fictional + held]
+    assert {q.person_id for q in read_qa_pairs(written / "mllmu", "ft_Data")} == {p.id for p in world.fictional + held}
+    for config, ids in world.splits.items():  # never forgotten: in every retain_* config, no forget_* one
+        assert ({p.id for p in held} <= set(ids)) == config.startswith("retain")
+        assert not config.startswith("forget") or not {p.id for p in held} & set(ids)
+    # the same world without them: every other person, pair and split is unchanged
+    without = make_world(WorldConfig(**{**SMALL.__dict__, "n_holdout": 0}))
+    assert without.fictional == world.fictional and without.celebrities == world.celebrities
+    assert without.ft_pairs == world.ft_pairs and without.holdout == []
+    assert {k: v[:len(without.splits[k])] for k, v in world.splits.items()} == without.splits
+
+
 def test_splits_are_seeded_disjoint_complements():
     ids = [f"{i:03d}" for i in range(1, 41)]
     splits = forget_splits(ids, 0)
@@ -197,14 +220,15 @@ def test_written_folder_reads_back(world, written):
     root = written / "mllmu"
     report = check_mllmu(root)["configs"]
     assert set(report) == set(CONFIGS)
-    assert report["Full_Set"]["mcq_counts"] == {"5+5": 6} and report["ft_Data"]["qa_pairs"] == 60
-    assert read_people(root, "Full_Set") == world.fictional
+    n = 6 + SMALL.n_holdout
+    assert report["Full_Set"]["mcq_counts"] == {"5+5": n} and report["ft_Data"]["qa_pairs"] == 10 * n
+    assert read_people(root, "Full_Set") == world.fictional + world.holdout
     assert read_people(root, "Retain_Set") == world.celebrities
     test_set = read_people(root, "Test_Set")
     assert [p.images for p in test_set] == [p.images for p in world.test_set]
     for config, ids in world.splits.items():
         assert [p.id for p in read_people(root, config)] == ids
-    assert read_qa_pairs(root, "ft_Data") == world.ft_pairs
+    assert read_qa_pairs(root, "ft_Data")[:len(world.ft_pairs)] == world.ft_pairs
     assert read_qa_pairs(written / "pretrain", "Celebrities") == world.pretrain_pairs
     assert read_mmbench(written / "mmbench.tsv") == world.mmbench
     assert read_mmbench(written / "pretrain" / "mmbench_train.tsv") == world.mmbench_train

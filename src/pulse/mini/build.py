@@ -108,10 +108,15 @@ def evaluate_world(lm, enc, data: dict) -> dict:
 
 
 def load_world_data(root: Path) -> dict:
+    """The world's training and evaluation data; the held-out people (never trained on) apart, under "holdout"."""
     mllmu = root / "mllmu"
     summary = json.loads((root / "world.json").read_text())
-    return {"fictional": read_people(mllmu, "Full_Set"), "celebrities": read_people(mllmu, "Retain_Set"),
-            "ft_pairs": read_qa_pairs(mllmu, "ft_Data"), "pretrain_pairs": read_qa_pairs(root / "pretrain", "Celebrities"),
+    held = set(summary.get("holdout", ()))
+    everyone, pairs = read_people(mllmu, "Full_Set"), read_qa_pairs(mllmu, "ft_Data")
+    return {"fictional": [p for p in everyone if p.id not in held], "celebrities": read_people(mllmu, "Retain_Set"),
+            "holdout": [p for p in everyone if p.id in held],
+            "ft_pairs": [q for q in pairs if q.person_id not in held],
+            "pretrain_pairs": read_qa_pairs(root / "pretrain", "Celebrities"),
             "mmbench": read_mmbench(root / "mmbench.tsv"), "mmbench_train": read_mmbench(root / "pretrain" / "mmbench_train.tsv"),
             "exposure": summary["exposure"]}
 
@@ -224,9 +229,8 @@ def _pretrain_stage(lm, enc, data, samples, cfg: BuildConfig, frozen, tmp: Path,
     """Phase 1: pre-training (celebrities by exposure + mini-MMBench skills), vision tower frozen; the model saved
     and evaluated. (recipe, {"pretrained": accuracies}, the pre-training samples' weights)."""
     t = time.time()
-    exposure = [data["exposure"][p.person_id] for p in data["pretrain_pairs"]]
     pretrain_samples = samples["celebrities"] + samples["mmbench"]
-    weights = _rescale(exposure + [1.0] * len(samples["mmbench"]), len(samples["celebrities"]), cfg.mmbench_share)
+    weights = pretraining_weights(data, samples, cfg)
     pretrain = replace(cfg.pretrain, seed=cfg.seed)
     lm.model, _ = train_on(lm.model, enc, pretrain_samples, pretrain, weights=weights, desc="pre-training",
                            frozen=frozen)
@@ -245,19 +249,38 @@ def _finetune_stage(lm, enc, data, samples, pretrain_weights, cfg: BuildConfig, 
     """Phase 2: fine-tuning on the fictional people (+ replay of pre-training data); saved and evaluated into
     `metrics["finetuned"]`. Returns the recipe."""
     t = time.time()
-    replay = samples["celebrities"] + samples["mmbench"]
-    weights = _rescale([1.0] * len(samples["fictional"]) + pretrain_weights, len(samples["fictional"]),
-                       cfg.replay_share)
-    finetune = replace(cfg.finetune, seed=cfg.seed + 1)
-    if finetune.mode not in ("lora", "full"):
-        raise PulseError(f"unknown finetune mode {finetune.mode!r}; use 'lora' or 'full'")
-    lm.model, _ = train_on(lm.model, enc, samples["fictional"] + replay, finetune, weights=weights,
-                           desc="fine-tuning", frozen=frozen)
+    mix, weights = finetune_mix(samples, pretrain_weights, cfg)
+    finetune = finetune_phase_recipe(cfg)
+    lm.model, _ = train_on(lm.model, enc, mix, finetune, weights=weights, desc="fine-tuning", frozen=frozen)
     timings["finetune_s"] = round(time.time() - t, 1)
     save_model(lm, tmp / "models" / "finetuned", extra={"phase": "finetuned", "finetune": finetune.mode})
     with progress.stage("mini build, fine-tuned model"):
         metrics["finetuned"] = evaluate_world(lm, enc, data)
     log(f"fine-tuned:  {_fmt(metrics['finetuned'])}")
+    return finetune
+
+
+def pretraining_weights(data: dict, samples: dict, cfg: BuildConfig) -> list[float]:
+    """The pre-training sampler's weights: each celebrity QA pair by its person's exposure, then the mini-MMBench
+    scenes, rescaled to `cfg.mmbench_share` of the total weight."""
+    exposure = [data["exposure"][p.person_id] for p in data["pretrain_pairs"]]
+    return _rescale(exposure + [1.0] * len(samples["mmbench"]), len(samples["celebrities"]), cfg.mmbench_share)
+
+
+def finetune_mix(samples: dict, pretrain_weights: list[float], cfg: BuildConfig) -> tuple[list, list[float]]:
+    """The fine-tuning phase's samples and sampler weights: the fictional QA pairs (weight 1 each), then the
+    pre-training data replayed with `cfg.replay_share` of the total weight."""
+    replay = samples["celebrities"] + samples["mmbench"]
+    weights = _rescale([1.0] * len(samples["fictional"]) + pretrain_weights, len(samples["fictional"]),
+                       cfg.replay_share)
+    return samples["fictional"] + replay, weights
+
+
+def finetune_phase_recipe(cfg: BuildConfig) -> FinetuneSection:
+    """The fine-tuning phase's recipe: `cfg.finetune` with seed `cfg.seed + 1`."""
+    finetune = replace(cfg.finetune, seed=cfg.seed + 1)
+    if finetune.mode not in ("lora", "full"):
+        raise PulseError(f"unknown finetune mode {finetune.mode!r}; use 'lora' or 'full'")
     return finetune
 
 

@@ -15,7 +15,10 @@ relation, size comparison; the scenes that ask where things are put each shape o
 Each person has 10 attributes; 5 (seeded) are asked, as 5 image-form MCQs ("What is the occupation of this
 person?", identical wording for everyone, so image accuracy above chance proves the picture is used) and the same 5
 as text-form MCQs naming the person. Trade-off, on purpose: the training QA uses exactly the MCQ question strings
-with the bare value as answer, because a tiny model cannot generalise over paraphrases. Every random choice comes
+with the bare value as answer, because a tiny model cannot generalise over paraphrases. Full_Set and ft_Data also
+hold `n_holdout` held-out fictional people after the fine-tuned ones (as MLLMU-Bench's 500 people, of which PULSE
+fine-tunes the first 100): nothing trains on them, they are membership inference's non-members (world.json
+"holdout"). Every random choice comes
 from `Random(f"{seed}:<purpose>:...")`, so streams are independent and the same seed gives byte-identical files.
 """
 from __future__ import annotations
@@ -90,12 +93,15 @@ class WorldConfig:
     image_size: int = 32
     grid: int = 4  # mini-MMBench scene cells per side (default: one per patch of the tiny model, 32 px / 8 px)
     n_test_images: int = 3  # transformed portraits per fictional person in Test_Set
+    # fictional people never trained on (IDs after the fine-tuned ones in Full_Set and ft_Data, as MLLMU-Bench's
+    # people after the first 100): the non-members of membership inference
+    n_holdout: int = 20
 
 
 @dataclass
 class World:
     config: WorldConfig
-    fictional: list[Person]  # IDs "001".."040"
+    fictional: list[Person]  # IDs "001".."040" (the fine-tuned people)
     celebrities: list[Person]  # IDs "C001".. (disjoint from fictional IDs)
     test_set: list[Person]  # fictional people with `images` = transformed portraits, image = images[0]
     ft_pairs: list[QAPair]  # fine-tuning QA for fictional people (ft_Data)
@@ -105,6 +111,7 @@ class World:
     mmbench_train: list[MMBenchItem]  # training questions (rotation 0, fresh images), disjoint from eval images
     splits: dict[str, list[str]] = field(default_factory=dict)  # forget_5/10/15, retain_95/90/85 -> fictional IDs
     asked: dict[str, list[str]] = field(default_factory=dict)  # person ID -> the 5 asked attributes, MCQ order
+    holdout: list[Person] = field(default_factory=list)  # IDs "041".., never trained on
 
 
 def _rng(seed: int, *purpose) -> random.Random:
@@ -118,7 +125,8 @@ def _check(cfg: WorldConfig) -> None:
     need(2 <= cfg.n_fictional <= 999, "n_fictional", "2..999")
     need(1 <= cfg.n_celebrities <= 999, "n_celebrities", "1..999")
     need(0 <= cfg.n_famous <= cfg.n_celebrities, "n_famous", f"0..n_celebrities ({cfg.n_celebrities})")
-    need(cfg.n_fictional + cfg.n_celebrities <= len(FIRST_NAMES) * len(LAST_NAMES), "n_celebrities",
+    need(0 <= cfg.n_holdout <= 999 - cfg.n_fictional, "n_holdout", f"0..{999 - cfg.n_fictional}")
+    need(cfg.n_fictional + cfg.n_celebrities + cfg.n_holdout <= len(FIRST_NAMES) * len(LAST_NAMES), "n_celebrities",
          f"at most {len(FIRST_NAMES) * len(LAST_NAMES)} people in all (unique names)")
     need(cfg.n_mmbench >= 1, "n_mmbench", ">= 1")
     need(cfg.n_mmbench_train >= 0, "n_mmbench_train", ">= 0")
@@ -306,14 +314,19 @@ def make_world(cfg: WorldConfig = WorldConfig()) -> World:
     seed, n_f = cfg.seed, cfg.n_fictional
     fic_ids = [f"{i:03d}" for i in range(1, n_f + 1)]
     cel_ids = [f"C{i:03d}" for i in range(1, cfg.n_celebrities + 1)]
-    names = [f"{a} {b}" for a in FIRST_NAMES for b in LAST_NAMES]
-    names = _rng(seed, "names").sample(names, n_f + cfg.n_celebrities)
-    drawn = pics.distinct_portraits(fic_ids + cel_ids, seed, cfg.image_size)
+    hold_ids = [f"{i:03d}" for i in range(n_f + 1, n_f + cfg.n_holdout + 1)]
+    every_name = [f"{a} {b}" for a in FIRST_NAMES for b in LAST_NAMES]
+    names = _rng(seed, "names").sample(every_name, n_f + cfg.n_celebrities)
+    taken = set(names)  # the held-out people: names unused so far, drawn from their own stream
+    names += _rng(seed, "holdout_names").sample([n for n in every_name if n not in taken], cfg.n_holdout)
+    # portraits are drawn key by key, each distinct from the earlier ones: appending keys changes none before them
+    drawn = pics.distinct_portraits(fic_ids + cel_ids + hold_ids, seed, cfg.image_size)
     people, asked = [], {}
-    for pid, name, (params, image) in zip(fic_ids + cel_ids, names, drawn):
+    for pid, name, (params, image) in zip(fic_ids + cel_ids + hold_ids, names, drawn):
         person, asked[pid] = _person(seed, pid, name, params, encode_png(image))
         people.append(person)
-    fictional, celebrities = people[:n_f], people[n_f:]
+    fictional, celebrities = people[:n_f], people[n_f:n_f + cfg.n_celebrities]
+    holdout = people[n_f + cfg.n_celebrities:]
     test_set = []
     for person, (_, image) in zip(fictional, drawn):
         rng = _rng(seed, "test_images", person.id)
@@ -328,7 +341,13 @@ def make_world(cfg: WorldConfig = WorldConfig()) -> World:
                  ft_pairs=[p for x in fictional for p in qa_pairs(x)],
                  pretrain_pairs=[p for x in celebrities for p in qa_pairs(x)],
                  exposure=exposures(cel_ids, cfg.n_famous, seed), mmbench=mmbench, mmbench_train=mmbench_train,
-                 splits=forget_splits(fic_ids, seed), asked=asked)
+                 splits=_with_holdout(forget_splits(fic_ids, seed), hold_ids), asked=asked, holdout=holdout)
+
+
+def _with_holdout(splits: dict[str, list[str]], hold_ids: list[str]) -> dict[str, list[str]]:
+    """The held-out people are never forgotten: each retain_* config also lists them (forget_X + retain_Y =
+    Full_Set, as in MLLMU-Bench)."""
+    return {k: v + hold_ids if k.startswith("retain") else v for k, v in splits.items()}
 
 
 def world_summary(world: World) -> dict:
@@ -339,8 +358,9 @@ def world_summary(world: World) -> dict:
         "attributes": {a: {"phrase": s[0], "values": list(s[4])} for a, s in ATTRIBUTES.items()},
         "first_names": list(FIRST_NAMES), "last_names": list(LAST_NAMES),
         "exposure": world.exposure, "famous": [k for k, v in world.exposure.items() if v == 1.0],
-        "splits": world.splits, "asked": world.asked,
+        "splits": world.splits, "asked": world.asked, "holdout": [p.id for p in world.holdout],
         "counts": {"fictional": len(world.fictional), "celebrities": len(world.celebrities),
+                   "holdout": len(world.holdout),
                    "test_images": sum(len(p.images) for p in world.test_set), "ft_pairs": len(world.ft_pairs),
                    "pretrain_pairs": len(world.pretrain_pairs),
                    "mmbench_groups": len({x.group for x in world.mmbench}), "mmbench_rows": len(world.mmbench),
@@ -352,13 +372,13 @@ def write_world(world: World, out: str | Path) -> None:
     """Write the world under `out` (layout in the module docstring). Same world -> byte-identical files."""
     out = Path(out)
     root = out / "mllmu"
-    write_people(root, "Full_Set", world.fictional)
-    by_id = {p.id: p for p in world.fictional}
+    write_people(root, "Full_Set", world.fictional + world.holdout)
+    by_id = {p.id: p for p in world.fictional + world.holdout}
     for config, ids in world.splits.items():
         write_people(root, config, [by_id[i] for i in ids])
     write_people(root, "Test_Set", world.test_set, shards=2)
     write_people(root, "Retain_Set", world.celebrities)
-    write_qa_pairs(root, "ft_Data", world.ft_pairs)
+    write_qa_pairs(root, "ft_Data", world.ft_pairs + [p for x in world.holdout for p in qa_pairs(x)])
     write_mmbench(out / "mmbench.tsv", world.mmbench)
     write_qa_pairs(out / "pretrain", "Celebrities", world.pretrain_pairs)
     write_mmbench(out / "pretrain" / "mmbench_train.tsv", world.mmbench_train)

@@ -14,6 +14,7 @@ COMMANDS = {
     "finetune": "fine-tune a LLaVA checkpoint on the first N fictional people (MLLMU-Bench's recipe); resumable",
     "eval": "MCQ accuracy of a model on an MLLMU-Bench config, per modality (image / text)",
     "mmbench": "MMBench accuracy of a model: CircularEval and vanilla, overall and per category",
+    "mia": "membership inference: the loss, zlib, Min-K% and Min-K%++ AUCs of one model, members vs non-members",
     "mini": "build the embedded mini world (synthetic people, mini-MMBench, tiny LLaVA in two phases)",
     "data": "validate an MLLMU-Bench folder or an MMBench TSV and print a summary",
     "report": "figures 4 and 5, table 3, findings and report.html from run directories",
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)
     _eval_parsers(sub)
     _finetune_parser(sub)
+    _mia_parser(sub)
     _mini_and_data_parsers(sub)
     report_arguments(sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"]))
     return p
@@ -142,6 +144,24 @@ def _eval_parsers(sub) -> None:
                                 "processor: the checkpoint's processor alone")
 
 
+def _mia_parser(sub) -> None:
+    m = sub.add_parser("mia", help=COMMANDS["mia"], description=COMMANDS["mia"] + ". People are given as "
+                       "first:N / after:N (Full_Set by ID: the first N, everyone after them), an MLLMU-Bench config "
+                       "name (forget_10) or @FILE (one ID per line); their ft_Data QA pairs are scored.")
+    m.add_argument("--model", required=True, help="checkpoint directory (safetensors)")
+    m.add_argument("--data", required=True, type=Path, help="MLLMU-Bench folder (local clone)")
+    m.add_argument("--members", required=True, help="the people trained on, e.g. first:100 or forget_10")
+    m.add_argument("--nonmembers", required=True, help="people never trained on, e.g. after:100")
+    m.add_argument("--pairs", default="ft_Data", help="the QA-pair config scored (default ft_Data)")
+    m.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16 or float16")
+    m.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    m.add_argument("--template", help="prompt template name (llava-1.5, plain); default: the checkpoint's")
+    m.add_argument("--trust-remote-code", action="store_true")
+    m.add_argument("--batch-size", type=_int_at_least(1), default=16)
+    m.add_argument("--scores", type=Path, help="write one JSON record per pair here (person, form, four scores)")
+    m.add_argument("--json", action="store_true", help="print JSON")
+
+
 def _finetune_parser(sub) -> None:
     f = sub.add_parser("finetune", help=COMMANDS["finetune"], description=COMMANDS["finetune"])
     f.add_argument("args", nargs="*", metavar="key=value",
@@ -153,6 +173,9 @@ def _finetune_parser(sub) -> None:
                    help="output checkpoint directory, must not exist (an interrupted run resumes from OUT.partial)")
     f.add_argument("--people", type=_int_at_least(1),
                    help="the first N Full_Set people by ID (default 100, as the paper)")
+    f.add_argument("--exclude", metavar="PEOPLE",
+                   help="leave these of the N out — the retrained oracle of a split: an MLLMU-Bench config "
+                        "(forget_10) or @FILE (one ID per line, e.g. a run's D_unlearn)")
     f.add_argument("--epochs", type=_int_at_least(1), help="epochs (default 5, MLLMU-Bench's README)")
     f.add_argument("--dtype", default="auto",
                    help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16, float16")
@@ -162,13 +185,16 @@ def _finetune_parser(sub) -> None:
 
 def _mini_and_data_parsers(sub) -> None:
     m = sub.add_parser("mini", help=COMMANDS["mini"], description=COMMANDS["mini"])
-    msub = m.add_subparsers(dest="mini_command", required=True, metavar="build")
+    msub = m.add_subparsers(dest="mini_command", required=True, metavar="build|oracles")
     b = msub.add_parser("build", help="generate the world and train the tiny LLaVA (about 10 min on 2 cores)")
     b.add_argument("--out", type=Path, help="the folder to build into (must not exist)")
     b.add_argument("--seed", type=_int_at_least(0), default=0)
     b.add_argument("--ship", action="store_true",
                    help="maintainers: build into the repository's worlds/mini-<key>/ with SHA256SUMS, the copy a "
                         "first `pulse run` uses instead of building")
+    o = msub.add_parser("oracles", help="maintainers: build the retrained oracles of the default config's split "
+                                        "seeds into worlds/<world>-oracles/ with SHA256SUMS (about 2 min each)")
+    o.add_argument("--ship", action="store_true", required=True, help="into the repository (the only mode)")
 
     d = sub.add_parser("data", help=COMMANDS["data"], description=COMMANDS["data"])
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="check")

@@ -276,6 +276,57 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def _people_ids(data: Path, spec: str, flag: str) -> list[str]:
+    """The person IDs of a --members / --nonmembers value (arguments.py: first:N, after:N, a config, @FILE)."""
+    from .data.mllmu import FULL_SET, read_people
+    if spec.startswith("@"):
+        path = Path(spec[1:]).expanduser()
+        if not path.is_file():
+            raise PulseError(f"{flag} {spec}: {path} not found")
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    where, _, n = spec.partition(":")
+    if where in ("first", "after"):
+        if not n.isdigit():
+            raise PulseError(f"{flag} {spec}: expected {where}:N with N a whole number")
+        ids = sorted(p.id for p in read_people(data, FULL_SET))
+        return ids[: int(n)] if where == "first" else ids[int(n):]
+    return [p.id for p in read_people(data, spec)]
+
+
+def cmd_mia(a) -> int:
+    """Membership inference of one model (eval/mia.py): the four AUCs per form and overall."""
+    from .data.mllmu import read_qa_pairs
+    from .eval.mia import ATTACKS, aucs, pair_scores
+    from .models.batches import Encoder
+
+    _check_output_file(a.scores, "--scores")
+    _check_device(a)
+    members, nonmembers = _people_ids(a.data, a.members, "--members"), _people_ids(a.data, a.nonmembers, "--nonmembers")
+    if both := sorted(set(members) & set(nonmembers)):
+        raise PulseError(f"--members and --nonmembers share {len(both)} people (e.g. {both[0]!r})")
+    pairs = [q for q in read_qa_pairs(a.data, a.pairs) if q.person_id in set(members) | set(nonmembers)]
+    for flag, ids in (("--members", members), ("--nonmembers", nonmembers)):
+        if not ids or not any(q.person_id in set(ids) for q in pairs):
+            raise PulseError(f"{flag} {getattr(a, flag[2:])}: no {a.pairs} QA pairs for these {len(ids)} people")
+    lm = _load(a)
+    enc = Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype)
+    records = pair_scores(lm.model, enc, lm.template, pairs, batch_size=a.batch_size)
+    out = {"members": len(members), "nonmembers": len(nonmembers), "pairs": len(pairs),
+           "auc": {name: {k: round(v, 4) for k, v in aucs(records, set(members), set(nonmembers), forms).items()}
+                   for name, forms in (("image", ("image",)), ("text", ("text",)), ("all", ("image", "text")))}}
+    if a.scores:
+        from .fsutil import atomic_write_json
+        atomic_write_json(a.scores, records)
+    if a.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{len(members)} members vs {len(nonmembers)} non-members, {len(pairs)} {a.pairs} pairs; AUC (0.5 = "
+          f"indistinguishable, 1 = every member exposed)")
+    for name, got in out["auc"].items():
+        print(f"  {name:5s} " + "  ".join(f"{k} {got[k]:.3f}" for k in ATTACKS))
+    return 0
+
+
 def _open_tasks(a, lm, people, tasks: list[str], out: dict) -> list[dict]:
     """MLLMU-Bench's cloze and generation on `people` (eval/open_tasks.py): their summaries into `out`; their
     per-question records returned."""
@@ -368,7 +419,9 @@ def cmd_finetune(a) -> int:
         raise PulseError(f"--out {a.out}: exists and is not a directory")
     _check_output_dir(a.out.parent, f"--out {a.out}")
     try:
-        rec = run_finetune(a.model, a.data, a.out, ft, device=a.device, dtype=a.dtype, template=a.template)
+        exclude = _people_ids(Path(a.data), a.exclude, "--exclude") if a.exclude else ()
+        rec = run_finetune(a.model, a.data, a.out, ft, device=a.device, dtype=a.dtype, template=a.template,
+                           exclude=exclude)
     except KeyboardInterrupt:
         _fresh_line()
         print(f"{INTERRUPTED} from the last checkpoint in {a.out.with_name(a.out.name + '.partial')}",
@@ -386,6 +439,12 @@ def cmd_mini(a) -> int:
     from .mini.build import BuildConfig, build_mini
     from .mini.world import WorldConfig
 
+    if a.mini_command == "oracles":
+        from .config import load_config
+        from .protocol.oracle import ship_oracles
+        for path in ship_oracles(load_config(None), log=progress.write):
+            print(f"oracle: {path}")
+        return 0
     cfg = BuildConfig(world=WorldConfig(seed=a.seed), seed=a.seed)
     if a.ship == (a.out is not None):
         raise PulseError("pulse mini build: give either --out DIR or --ship")
@@ -468,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         a.args += extra
     a.debug = debug
     handler = {"run": cmd_run, "finetune": cmd_finetune, "eval": cmd_eval, "mmbench": cmd_mmbench, "mini": cmd_mini,
-               "data": cmd_data, "report": cmd_report}[a.command]
+               "data": cmd_data, "report": cmd_report, "mia": cmd_mia}[a.command]
     try:
         progress.disabled()  # a bad PULSE_PROGRESS is an error now, not after a build
         return handler(a)

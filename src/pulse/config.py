@@ -55,6 +55,10 @@ class DataConfig:
 class FinetunedScenario:
     people: int = 40  # fictional people (paper: 100); the model must have been fine-tuned on them
     unlearn: int = 20  # paper: 50
+    # The retrained oracle (fine-tuned on the retained people only): None = none; "build" = retrain it from the
+    # mini world's pre-trained model with the world's recipe (mini world only); else a checkpoint directory,
+    # "{seed}" replaced by the split seed (made with `pulse finetune --people`).
+    oracle: str | None = None
 
 
 @dataclass
@@ -91,6 +95,8 @@ class EvalSection:
     every: int = 0  # trade-off curve: a cheap evaluation every N optimizer steps (+ step 0, budget, end); 0 = none
     curve_mmbench_groups: int | None = 16  # MMBench groups (seeded by half_seed) at curve points; None = all
     half_seed: int = 0  # seeds the selection / held-out question halves (protocol/halves.py)
+    mia: bool = True  # membership inference at every request-level evaluation (protocol/membership.py)
+    mia_nonmembers: int = 100  # held-out fictional people (Full_Set after the fine-tuned ones, by ID) scored
 
 
 @dataclass
@@ -249,6 +255,9 @@ def validate(cfg: RunConfig, where: str) -> None:
         missing = [name for name, v in paths if v is None]
         raise PulseError(f"{where}: real-data runs need all of data.mllmu, data.mmbench, model.pretrained, "
                          f"model.finetuned; missing: {', '.join(missing)}")
+    if ft.oracle == "build" and not cfg.uses_mini:
+        raise PulseError(f"{where}: scenario.finetuned.oracle: build retrains on the mini world only; for a real "
+                         f"model give the checkpoint fine-tuned on the retained people (pulse finetune --people)")
     for name, v in paths:
         hub_ok = name.startswith("model.") and _looks_like_hub_id(v or "")
         if v is not None and not Path(v).expanduser().exists() and not hub_ok:

@@ -17,7 +17,8 @@ from ..conftest import ROOT, SMALL_CONFIG
 
 
 def test_results_hold_every_cell(small_run):
-    df = pd.read_csv(small_run / "results.csv")
+    everything = pd.read_csv(small_run / "results.csv")
+    df = everything[(everything.metric == "accuracy") & (everything.method != "oracle")]
     cfg = load_config(SMALL_CONFIG)
     assert not df["accuracy"].isna().any()
     cells = df.groupby(["scenario", "method", "target", "seed"])["request"].agg(["min", "max"])
@@ -30,8 +31,9 @@ def test_results_hold_every_cell(small_run):
     # each request has unlearn/retain (and their selection / held-out halves) x image/text/all + mmbench
     # (circular) + mmbench_vanilla; without eval.every / unlearn.stop, only request-level rows at the budget
     one = df[(df.scenario == "finetuned") & (df.method == "ga") & (df.target == "proj+llm") & (df.request == 1)]
-    halves = {"unlearn_sel", "unlearn_held", "retain_sel", "retain_held"}
-    assert len(one) == 20 and set(one.split) == {"unlearn", "retain", "mmbench", "mmbench_vanilla"} | halves
+    halves = {"unlearn_sel", "unlearn_held", "retain_sel", "retain_held",
+              "unlearn_known", "unlearn_known_sel", "unlearn_known_held"}
+    assert len(one) == 29 and set(one.split) == {"unlearn", "retain", "mmbench", "mmbench_vanilla"} | halves
     assert set(df["at"]) == {"budget"} and set(df.probe) == {"none"} and df.step.isna().all()
     n = one[one.modality == "all"].set_index("split")["n"]
     assert n["unlearn_sel"] + n["unlearn_held"] == n["unlearn"] and n["unlearn_sel"] == 3 * n["unlearn"] // 5

@@ -11,7 +11,7 @@ from pulse.report.figures import figure4, figure5
 from pulse.report.load import load_run
 
 FILES = ("figure4.png", "figure4.svg", "figure5.png", "figure5.svg", "table3.md", "table3.csv",
-         "findings.json", "report.html")
+         "findings.json", "report.html", "ranking.md", "ranking.csv", "tradeoff.png", "tradeoff.svg")
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +41,13 @@ def test_build_writes_every_file(single, capsys):
     assert not list(single.glob(".*.tmp"))
 
 
-def test_html_is_self_contained_with_two_figures(single):
+def test_html_is_self_contained_with_its_figures(single):
     html = (single / "report.html").read_text()
     assert "http://" not in html and "https://" not in html
     assert "example.org" in html  # the manifest's URL is shown, as text only
     imgs = re.findall(r"<img [^>]*>", html)
-    assert len(imgs) == 2
-    for fid, tag in zip(("figure4", "figure5"), imgs):
+    assert len(imgs) == 3
+    for fid, tag in zip(("figure4", "figure5", "tradeoff"), imgs):
         assert f'id="{fid}"' in tag and 'alt="Figure' in tag
         data = re.search(r'src="data:image/png;base64,([^"]+)"', tag).group(1)
         assert base64.b64decode(data).startswith(b"\x89PNG")
@@ -76,7 +76,7 @@ def test_multi_run_comparison(multi):
     assert "run_a: D_unlearn Multi" in md and "run_b: MMBench" in md
     html = multi.read_text()
     assert "http://" not in html and "https://" not in html
-    assert html.count("<img ") == 2
+    assert html.count("<img ") == 3  # figures 4 and 5, the trade-off
     assert html.count('<th colspan="5">') == 2  # one column group per run in Table 3
     assert "No data for scenario pretrained in run run_b." in html
     assert "No data for scenario sustainability in run run_b." in html
@@ -178,7 +178,7 @@ def test_full_build_writes_the_curve_matched_and_probe_outputs(full):
     html = full.read_text()
     imgs = re.findall(r"<img [^>]*>", html)
     assert [re.search(r'id="([^"]+)"', t).group(1) for t in imgs] == [
-        "figure4", "figure4_matched", "figure5", "curves_finetuned", "curves_pretrained"]
+        "figure4", "figure4_matched", "figure5", "tradeoff", "curves_finetuned", "curves_pretrained"]
     for text in ('id="table3_matched"', "did not reach", 'id="probes-section"', "route: all routes (worst case)",
                  "matched forgetting", "unlearn.stop: {rule: never_learned, margin: 0.0, max_steps: 0}",
                  "MMBench (CE, likelihood), checkpoint subset of 20 questions", "<td>P3</td>",
@@ -222,4 +222,4 @@ def test_rebuild_without_new_rows_removes_stale_outputs(full, synth):
     build_report([run], out)
     assert not [n for n in NEW_FILES if (out / n).exists()]
     html = (out / "report.html").read_text()
-    assert html.count("<img ") == 2 and "Not measured in this run" in html
+    assert html.count("<img ") == 3 and "Not measured in this run" in html

@@ -14,6 +14,7 @@ from ..fsutil import atomic_write_json
 from ..models.templates import MLLMU
 from . import claims, curves, fingerprint, stored
 from .context import Context, eval_sets, sub_point
+from .oracle import oracle_eval
 from .plan import MATCHED_SCENARIOS, PHASE
 from .rundir import update_manifest
 from .scenarios import make_folds, mcq_samples, pair_samples, select_known, split_people, splits
@@ -62,6 +63,8 @@ def baseline(ctx: Context, scenario: str, seed: int, wait: bool = True) -> Basel
         if not held:
             return None
         stop = stop_target(ctx, scenario, seed, people, chosen)
+    if scenario == "finetuned" and oracle_eval(ctx, seed, people.unlearn, people.retain, wait) is False:
+        return None
     update_manifest(ctx.out, lambda manifest: _record(manifest, scenario, seed, people, chosen, stop))
     ctx.shared[(scenario, seed)] = Baseline(people, ref, stop)
     return ctx.shared[(scenario, seed)]

@@ -17,6 +17,7 @@ from ..models.load import default_scoring, load_model, resolve_device, resolve_d
 from ..provenance import git_commit, versions
 from . import curves
 from .fingerprint import run_identity
+from .membership import mia_record
 
 MCQ_SUMMARY = ("circular", "vanilla", "vanilla_all_rows", "z_share", "groups", "rows", "per_category")
 
@@ -65,6 +66,18 @@ class Context:
             if fictional_scenarios and cfg.unlearn.data == "ft_data" else []
 
     @cached_property
+    def holdout(self) -> list:
+        """Fictional people never fine-tuned on: Full_Set after the first scenario.finetuned.people by ID (at most
+        eval.mia_nonmembers), membership inference's non-members."""
+        people = sorted(read_people(Path(self.paths["mllmu"]), self.cfg.data.fictional), key=lambda p: p.id)
+        return people[self.cfg.scenario.finetuned.people:][: self.cfg.eval.mia_nonmembers]
+
+    @cached_property
+    def ft_data(self) -> list:
+        """Every training-flavour QA pair (data.train): the fine-tuning data membership inference scores."""
+        return self.train_pairs or read_qa_pairs(Path(self.paths["mllmu"]), self.cfg.data.train)
+
+    @cached_property
     def test_set(self):
         """Test_Set people by ID (read once), or None when the data has no Test_Set folder."""
         root = Path(self.paths["mllmu"])
@@ -86,9 +99,12 @@ class Context:
         return lm, self.encoders[phase]
 
     def evaluate(self, lm, enc, sets: dict[str, tuple[list, int]]) -> tuple[dict, dict]:
-        """MCQ on each evaluated set (`mcq`), MMBench once; the MMBench record keeps every row's letter in row
-        order ("letters"), from which subsets (curve points) are scored without another pass."""
+        """MCQ on each evaluated set (`mcq`, with its membership inference under "mia" when eval.mia), MMBench
+        once; the MMBench record keeps every row's letter in row order ("letters"), from which subsets (curve
+        points) are scored without another pass."""
         mcq = Context.mcq(self, lm, enc, sets)
+        if self.cfg.eval.mia:
+            mcq["mia"] = mia_record(self, lm, enc, sets)
         mmb = Context.mmbench_eval(self, lm, enc, self.mmbench)
         return mcq, {**{k: mmb[k] for k in MCQ_SUMMARY + ("scoring",)}, "letters": mmb["letters"]}
 

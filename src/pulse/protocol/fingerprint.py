@@ -50,7 +50,7 @@ WEIGHTS_FULL_MAX = 64 * 2**20  # bytes: weight files hashed whole up to this siz
 FULL_HASH_MAX = 2 * 2**30  # bytes: any other file hashed whole up to this size
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
 SAMPLES, WINDOW, EDGE = 32, 64 * 2**10, 2**20
-SCENARIO_FILES = ("request0", "reference", "probe_control", "probe_routes_request0", "probe_quant_request0")
+SCENARIO_FILES = ("request0", "reference", "oracle", "probe_control", "probe_routes_request0", "probe_quant_request0")
 KEY = "fingerprint"
 
 
@@ -155,7 +155,8 @@ def config_parts(ctx, kind: str, scenario: str | None, method: str | None) -> tu
         return {k: resolved[k] if k in resolved else flat[k] for k in keys}
 
     model = pick("model.device", "model.dtype", "model.template", "model.trust_remote_code")
-    mcq = pick("eval.scoring", "eval.demo_people", "eval.demo_seed", "eval.max_new_tokens", "eval.batch_size")
+    mcq = pick("eval.scoring", "eval.demo_people", "eval.demo_seed", "eval.max_new_tokens", "eval.batch_size",
+               "eval.mia", "eval.mia_nonmembers")
     if kind == "selection":
         return {**model, **pick("eval.scoring", "eval.max_new_tokens", "eval.batch_size", "data.celebrities",
                                 "scenario.pretrained.select", "scenario.pretrained.min_accuracy")}, \
@@ -186,6 +187,8 @@ def config_parts(ctx, kind: str, scenario: str | None, method: str | None) -> tu
     inputs = [phase_model, people_data, "data.mmbench"]
     if kind == "request0":
         return request0, inputs
+    if kind == "oracle":  # a built oracle starts from the pre-trained model; a given one is recorded by path
+        return {**request0, **pick("scenario.finetuned.oracle")}, ["model.pretrained", people_data, "data.mmbench"]
     registered, ucfg = cell_recipe(cfg, scenario, method)
     params = method_params(get_method(registered), ucfg.params)
     parts = {**request0, **({} if fictional else pick("scenario.pretrained.mode")), **_recipe_parts(ucfg, fictional),

@@ -11,12 +11,16 @@ from ..config import from_manifest
 from ..eval.mcq import summarise
 from ..fsutil import atomic_write_json, atomic_write_text
 from . import curves, stored
+from .membership import mia_rows
+from .oracle import FORMS_ALL, forget_quality
 from .plan import plan, variants
 from .probes import cell_rows as probe_cell_rows, control_rows as probe_control_rows
 from .rundir import read_manifest
 
-COLUMNS = ["scenario", "method", "target", "seed", "request", "split", "modality", "accuracy", "relative",
+COLUMNS = ["scenario", "method", "target", "seed", "request", "split", "modality", "metric", "accuracy", "relative",
            "status", "n", "probe", "step", "at"]
+# `metric` names what the `accuracy` column holds (the column keeps its name for existing readers): "accuracy"
+# for the MCQ and MMBench rows and the probes (percent), the other metrics (metrics.py) in their own units.
 
 
 def write_results(out: Path) -> pd.DataFrame:
@@ -31,27 +35,36 @@ def write_results(out: Path) -> pd.DataFrame:
             if not p0.is_file():
                 continue
             ref = stored.read(p0)
+            po = out / "cells" / scenario / f"oracle__seed{seed}.json"
+            orc = stored.read(po) if scenario == "finetuned" and po.is_file() else None
+            if orc:
+                meta = {"scenario": scenario, "method": "oracle", "target": "none", "seed": seed, "request": 0}
+                with stored.reading(po):
+                    rows += budget_rows(meta, orc["splits"], orc["mcq"], orc["mmbench"], None, "ok", orc["halves"],
+                                        known=False) + mia_rows(meta, orc["mcq"], None)
             for method, target in pairs[scenario]:
                 meta0 = {"scenario": scenario, "method": method, "target": target, "seed": seed, "request": 0}
                 with stored.reading(p0):
                     rows += budget_rows(meta0, ref["splits"], ref["mcq"], ref["mmbench"], None, "ok", ref.get("halves"))
+                    rows += oracle_rows(meta0, ref["splits"], ref["mcq"], orc) + mia_rows(meta0, ref["mcq"], orc)
                 folder = out / "cells" / scenario / f"{method}__{target}__seed{seed}"
                 paths = [p for p in folder.glob("request*.json") if p.stem[7:].isdigit()]
                 for path in sorted(paths, key=lambda p: int(p.stem[7:])):
                     c = stored.read(path)
                     with stored.reading(path):
                         rows += budget_rows(c["meta"], c["splits"], c["mcq"], c["mmbench"], ref, c["status"],
-                                      c.get("halves"))
+                                            c.get("halves"))
+                        rows += oracle_rows(c["meta"], c["splits"], c["mcq"], orc) + mia_rows(c["meta"], c["mcq"], orc)
                         rows += curve_rows(c["meta"], c, ref)
                         rows += matched_rows(c["meta"], c, ref)
-                        rows += not_run_rows(c)
+                        rows += not_run_rows(c, ref)
                     if c["status"] == "diverged":
                         break  # the cell ended at a diverged request
                 with stored.reading(folder / "probes.json"):
                     rows += probe_cell_rows(folder)
             with stored.reading(out / "cells" / scenario / f"probe_control__seed{seed}.json"):
                 rows += probe_control_rows(out, scenario, seed)
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame([{"metric": "accuracy", **r} for r in rows], columns=COLUMNS)
     for col in ("step", "n"):  # integers, empty where not measured (not 3.0)
         df[col] = df[col].astype("Int64")
     atomic_write_text(out / "results.csv", df.to_csv(index=False))
@@ -73,14 +86,25 @@ def mcq_rows(meta: dict, split: str, now: list[dict], before: list[dict] | None,
     return rows
 
 
-def half_filters(splits: dict[str, list[str]], halves: dict | None) -> dict[str, tuple[set, set | None]]:
-    """split -> (person IDs, question keys or None): the people splits, then unlearn/retain × sel/held."""
+def half_filters(splits: dict[str, list[str]], halves: dict | None,
+                 known: set | None = None) -> dict[str, tuple[set, set | None]]:
+    """split -> (person IDs, question keys or None): the people splits, then unlearn/retain × sel/held, then —
+    given `known` (the question keys answered correctly before unlearning) — unlearn_known (× sel/held)."""
     out = {split: (set(ids), None) for split, ids in splits.items()}
     if halves:
         for base in ("unlearn", "retain"):
             for half in ("sel", "held"):
                 out[f"{base}_{half}"] = (set(splits[base]), set(halves[half]))
+    if known is not None:
+        out["unlearn_known"] = (set(splits["unlearn"]), known)
+        for half in ("sel", "held") if halves else ():
+            out[f"unlearn_known_{half}"] = (set(splits["unlearn"]), known & set(halves[half]))
     return out
+
+
+def known_keys(predictions: list[dict]) -> set:
+    """The question keys a model answered correctly: "learned before unlearning" when these are request 0's."""
+    return {curves.key(p["person_id"], p["form"], p["index"]) for p in predictions if p["correct"]}
 
 
 def pick(preds: list[dict], ids: set, keys: set | None) -> list[dict]:
@@ -89,18 +113,21 @@ def pick(preds: list[dict], ids: set, keys: set | None) -> list[dict]:
 
 
 def budget_rows(meta: dict, splits: dict[str, list[str]], mcq: dict, mmb: dict, ref: dict | None, status: str,
-          halves: dict | None = None) -> list[dict]:
+                halves: dict | None = None, known: bool = True) -> list[dict]:
     """Tidy rows of one request-level evaluation (at budget); `relative` against the request-0 evaluation on the
-    same people (and the same half of their questions). No evaluation (`mcq` None: a diverged request) -> the
-    same rows with accuracy, relative and n empty."""
+    same people (and the same half of their questions); `known`: also the unlearn_known splits (the questions
+    request 0 answered correctly). No evaluation (`mcq` None: a diverged request) -> the same rows with accuracy,
+    relative and n empty."""
     meta = {"probe": "none", "step": None, "at": "budget", **meta}
+    before = ref["mcq"] if ref else mcq
+    filters = half_filters(splits, halves, known_keys(before["predictions"]) if before and known else None)
     if mcq is None:
         empty = {"accuracy": float("nan"), "relative": None, "status": status, "n": None}
-        return [{**meta, "split": split, "modality": modality, **empty} for split in half_filters(splits, halves)
+        return [{**meta, "split": split, "modality": modality, **empty} for split in filters
                 for modality in ("image", "text", "all")] + \
             [{**meta, "split": split, "modality": "all", **empty} for split in ("mmbench", "mmbench_vanilla")]
     rows = []
-    for split, (ids, keys) in half_filters(splits, halves).items():
+    for split, (ids, keys) in filters.items():
         before = pick(ref["mcq"]["predictions"], ids, keys) if ref else None
         rows += mcq_rows(meta, split, pick(mcq["predictions"], ids, keys), before, status)
     # MMBench: "mmbench" = CircularEval, "mmbench_vanilla" = rotation-0 rows only; n = question groups for both
@@ -111,7 +138,32 @@ def budget_rows(meta: dict, splits: dict[str, list[str]], mcq: dict, mmb: dict, 
     return rows
 
 
-def not_run_rows(cell: dict) -> list[dict]:
+def oracle_rows(meta: dict, splits: dict[str, list[str]], mcq: dict | None, orc: dict | None) -> list[dict]:
+    """Rows against the retrained oracle (protocol/oracle.py): metric oracle_gap (accuracy points minus the
+    oracle's) on unlearn and retain, metric forget_quality (KS p-value of the truth ratios) on unlearn; image,
+    text, all. None without an oracle or an evaluation."""
+    if orc is None or mcq is None:
+        return []
+    meta = {"probe": "none", "step": None, "at": "budget", "status": "ok", "relative": None, **meta}
+    rows = []
+    for split in ("unlearn", "retain"):
+        ids = set(splits[split])
+        now, then = summarise(pick(mcq["predictions"], ids, None)), summarise(pick(orc["mcq"]["predictions"], ids, None))
+        for modality in ("image", "text", "all"):
+            if modality == "all":
+                gap, n = curves.accuracy(now.predictions) - curves.accuracy(then.predictions), len(now.predictions)
+            else:
+                gap, n = now.accuracy[modality] - then.accuracy[modality], now.n[modality]
+            rows.append({**meta, "split": split, "modality": modality, "metric": "oracle_gap",
+                         "accuracy": round(gap, 4), "n": n})
+    for modality, forms in FORMS_ALL.items():
+        p, n = forget_quality(mcq["predictions"], orc["mcq"]["predictions"], set(splits["unlearn"]), forms)
+        rows.append({**meta, "split": "unlearn", "modality": modality, "metric": "forget_quality",
+                     "accuracy": round(p, 6), "n": n})
+    return rows
+
+
+def not_run_rows(cell: dict, ref: dict) -> list[dict]:
     """A sequence that stopped at a diverged request: the budget rows of each request not run (`not_run`), status
     diverged, accuracy empty (their splits: the diverged request's, folds_pending only before the last request)."""
     rows = []
@@ -119,7 +171,7 @@ def not_run_rows(cell: dict) -> list[dict]:
         splits = {k: v for k, v in cell["splits"].items() if k != "folds_pending"}
         if r < cell["not_run"][-1] and "folds_pending" in cell["splits"]:
             splits["folds_pending"] = []
-        rows += budget_rows({**cell["meta"], "request": r}, splits, None, None, None, "diverged", cell.get("halves"))
+        rows += budget_rows({**cell["meta"], "request": r}, splits, None, None, ref, "diverged", cell.get("halves"))
     return rows
 
 
@@ -144,7 +196,7 @@ def curve_rows(meta: dict, cell: dict, ref: dict) -> list[dict]:
     return rows
 
 
-MATCHED_SPLITS = ("unlearn_held", "retain_held", "unlearn_sel", "retain_sel")
+MATCHED_SPLITS = ("unlearn_held", "retain_held", "unlearn_sel", "retain_sel", "unlearn_known_held", "unlearn_known_sel")
 
 
 def matched_rows(meta: dict, cell: dict, ref: dict) -> list[dict]:
@@ -162,10 +214,10 @@ def matched_rows(meta: dict, cell: dict, ref: dict) -> list[dict]:
                [{**m, "split": split, "modality": "all", **empty} for split in ("mmbench", "mmbench_vanilla")]
     halves = cell["halves"]
     preds = curves.decode(halves["sel"], mt["sel"]) + curves.decode(halves["held"], mt["held"])
+    filters = half_filters(cell["splits"], halves, known_keys(ref["mcq"]["predictions"]))
     rows = []
     for split in MATCHED_SPLITS:
-        base, half = split.split("_")
-        ids, keys = set(cell["splits"][base]), set(halves[half])
+        ids, keys = filters[split]
         rows += mcq_rows(m, split, pick(preds, ids, keys), pick(ref["mcq"]["predictions"], ids, keys), "ok")
     for split, key in (("mmbench", "circular"), ("mmbench_vanilla", "vanilla")):
         acc = mt["mmbench"][key]

@@ -99,6 +99,18 @@ def protocol_record(cfg: RunConfig, ctx: Context) -> dict:
         "mmbench": {"scoring": ctx.scoring, "image": cfg.eval.mmbench_image,
                     "max_new_tokens": cfg.eval.mmbench_max_new_tokens, "subset_groups": cfg.eval.mmbench_groups},
         "device": ctx.device,
+        "learned_before": "a D_unlearn question is known when request 0 answered its MCQ correctly (split "
+                          "unlearn_known); the report flags a scenario x seed below 80 % known",
+        "oracle": {"checkpoint": cfg.scenario.finetuned.oracle, "scenario": "finetuned",
+                   "forget_quality": "KS p-value between the cell's and the oracle's per-question log(mean wrong-"
+                                     "option probability / correct-option probability), D_unlearn, option "
+                                     "log-likelihood sums (likelihood scoring)"} if cfg.scenario.finetuned.oracle
+        else None,
+        "membership_inference": {"pairs": f"{cfg.data.train} QA pairs (fictional), MCQs as QA (celebrities); answer "
+                                           "tokens", "attacks": "loss, zlib, Min-K% and Min-K%++ (k = 0.4)",
+                                 "nonmembers": f"Full_Set after the first {cfg.scenario.finetuned.people} by ID, at "
+                                               f"most {cfg.eval.mia_nonmembers}", "privleak": "Min-K% vs the oracle"}
+        if cfg.eval.mia else None,
         **curves_record(cfg, ctx),
     }
 

@@ -24,6 +24,7 @@ SCHEMAS: dict[str, dict[str, type | tuple]] = {
                 "splits": dict, "halves": dict},
     "request0": {"mcq": dict, "mmbench": dict, "splits": dict, "halves": dict},  # cells/<scenario>/request0__seed<S>
     "reference": {"reference": NUMBER, "margin": NUMBER, "target": NUMBER, "n": int},  # matched-forgetting target
+    "oracle": {"model": str, "mcq": dict, "mmbench": dict, "splits": dict, "halves": dict},  # the retrained oracle
     "selection": {"accuracy": dict, "selected": list, "correct": dict},  # selection.json
     "probes": {},  # {probe: payload}: checked by probes.probe_rows
     "probe_control": {"probe": str, "meta": dict, "halves": dict, "training": dict, "before": list,

@@ -6,6 +6,7 @@ Reads run directories only; writes into `out`, each file atomically (pulse.fsuti
   figure4_matched.{png,svg}, table3_matched.{md,csv}       the same at matched forgetting (runs with rows at=matched)
   curves_<scenario>.{png,svg}                              effectiveness vs generality over checkpoints
   probes.{md,csv}                                          relearning, routes, quantization (runs with probe rows)
+  ranking.{md,csv}, tradeoff.{png,svg}                      methods on several axes, forget vs retain (first run)
   findings.json, report.html                               F1-F4 at budget (and matched), P1-P3 from the probes
 Optional outputs left from an earlier build in the same folder are removed when this build has no data for them.
 `mmbench` picks the MMBench metric shown everywhere: "circular" (CircularEval, the default) or "vanilla"
@@ -24,6 +25,7 @@ from pulse.errors import PulseError
 from pulse.fsutil import atomic_write_bytes
 
 from .figures import render, report_figures
+from . import ranking
 from .findings import check_findings, probe_findings
 from .html import render_html
 from .load import SCENARIOS, load_run, run_labels
@@ -33,7 +35,7 @@ from .probes import to_csv as probes_csv
 from .probes import to_markdown as probes_markdown
 from .tables import table3, to_csv, to_markdown
 
-OPTIONAL = ("figure4_matched.png", "figure4_matched.svg", "table3_matched.md", "table3_matched.csv",
+OPTIONAL = ("tradeoff.png", "tradeoff.svg", "figure4_matched.png", "figure4_matched.svg", "table3_matched.md", "table3_matched.csv",
             "probes.md", "probes.csv", *(f"curves_{s}.{e}" for s in SCENARIOS for e in ("png", "svg")))
 
 
@@ -95,6 +97,11 @@ def build_report(run_dirs: list[Path], out: Path, mmbench: str = "circular") -> 
     probes = probe_rows(runs)
     if probes:
         files["probes.md"], files["probes.csv"] = probes_markdown(probes, len(runs) > 1), probes_csv(probes)
+    for run in runs[:1]:  # the ranking, learned-before shares and trade-off of the first run
+        files["ranking.md"], files["ranking.csv"] = ranking.to_markdown(run), ranking.to_csv(run)
+        fig = ranking.tradeoff(run)
+        if fig is not None:
+            pngs["tradeoff"], files["tradeoff.svg"] = render(fig)
     findings = findings_of(runs, mmb)
     files["findings.json"] = json.dumps(_jsonable(findings), indent=2, allow_nan=False) + "\n"
     files.update({f"{k}.png": v for k, v in pngs.items()})
@@ -105,7 +112,8 @@ def build_report(run_dirs: list[Path], out: Path, mmbench: str = "circular") -> 
         if name not in files:
             (out / name).unlink(missing_ok=True)
     report = out / "report.html"
-    _write(report, render_html(runs, table, findings, pngs, mmb, matched=matched, probes=probes))
+    _write(report, render_html(runs, table, findings, pngs, mmb, matched=matched, probes=probes,
+                               ranking=ranking.to_html(runs[0], pngs.get("tradeoff"))))
     return report
 
 

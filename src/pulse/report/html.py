@@ -365,7 +365,7 @@ def _figure5_section(runs: list[Run], png: bytes, measures: str) -> str:
 
 def render_html(runs: list[Run], table: Table3, findings: list[dict], pngs: dict[str, bytes],
                 mmbench: str = "MMBench", *, matched: Table3 | None = None,
-                probes: list[ProbeRow] | None = None) -> str:
+                probes: list[ProbeRow] | None = None, ranking: str = "") -> str:
     """The page; `pngs` holds each figure's PNG by file stem (figure4, figure4_matched, figure5,
     curves_<scenario>)."""
     labels = ", ".join(r.label for r in runs)
@@ -383,6 +383,7 @@ def render_html(runs: list[Run], table: Table3, findings: list[dict], pngs: dict
         _figure5_section(runs, pngs["figure5"], measures),
         table3_html(table),
         table3_html(matched) if matched is not None else "",
+        ranking,
         *_curves_sections(runs, curves),
         sweep_html(runs),
         probes_html(probes or [], multi),

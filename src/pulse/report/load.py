@@ -5,6 +5,9 @@ field. The columns `probe`, `step` and `at` (probes, checkpoints, matched forget
 first release; a results.csv written before them loads as probe `none`, step empty, at `budget` (what its rows
 measured).
 
+The column `metric` came later still; an older file's rows are all `accuracy`. `Run.df` and `Run.full` hold the
+accuracy rows (what every figure and table before other metrics read); `Run.metrics` every row of every metric.
+
 `Run.df` holds the ordinary rows only (probe `none`, at `budget`: request-level measurements at the configured
 budget), so the fixed-budget figures, Table 3 and findings read exactly what they read before the new rows existed;
 `Run.full` holds every row (checkpoints, matched forgetting, probes). A sweep's configurations
@@ -24,15 +27,20 @@ from .sweep import apply as apply_sweep
 
 BASE_COLUMNS = ("scenario", "method", "target", "seed", "request", "split", "modality",
                 "accuracy", "relative", "status", "n")
-NEW_COLUMNS = {"probe": "none", "step": "", "at": "budget"}  # added after the first release; older files' values
+NEW_COLUMNS = {"probe": "none", "step": "", "at": "budget", "metric": "accuracy"}  # added later; older files' values
 COLUMNS = BASE_COLUMNS + tuple(NEW_COLUMNS)
-KEY = ("scenario", "method", "target", "seed", "request", "split", "modality", "probe", "step", "at")
+KEY = ("scenario", "method", "target", "seed", "request", "split", "modality", "metric", "probe", "step", "at")
 
 STATUSES = ("ok", "diverged", "not_reached")
 SCENARIOS = ("finetuned", "pretrained", "sustainability")
 SPLITS = ("unlearn", "retain", "mmbench", "mmbench_vanilla", "fold_current", "folds_done", "folds_pending",
           "unlearn_sel", "retain_sel", "unlearn_held", "retain_held", "mmbench_sub", "mmbench_sub_vanilla",
-          "relearn_measured", "relearn_trained", "relearn_measured_attacked", "relearn_trained_attacked")
+          "relearn_measured", "relearn_trained", "relearn_measured_attacked", "relearn_trained_attacked",
+          "unlearn_known", "unlearn_known_sel", "unlearn_known_held", "unlearn_vs_retain")
+PERCENT_METRICS = ("accuracy",)  # metrics whose value lies in 0..100
+METRICS = PERCENT_METRICS + ("oracle_gap", "forget_quality", "privleak", "mia_auc_loss", "mia_auc_zlib",
+                             "mia_auc_mink", "mia_auc_minkpp")
+ORACLE = "oracle"  # method name of the retrained oracle's rows
 MODALITIES = ("image", "text", "all")
 ROUTES = ("route_image", "route_text", "route_test_set", "route_name_only", "route_all")
 PROBES = ("none", "relearn", *ROUTES, "quant8", "quant4")  # and any quant<bits> (probes.quant_bits)
@@ -53,11 +61,13 @@ class Run:
     mmbench: str = "circular"
     full: pd.DataFrame | None = None
     measure: str = ""
+    metrics: pd.DataFrame | None = None
 
     def __post_init__(self):
-        if self.full is None:
-            self.full = self.df
-        self.df = ordinary(self.df)
+        if self.metrics is None:
+            self.metrics = normalize(self.full if self.full is not None else self.df)
+        self.full = accuracy_rows(self.full if self.full is not None else self.df)
+        self.df = ordinary(self.full)
 
 
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
@@ -70,6 +80,13 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     for c in missing:
         df[c] = float("nan") if c == "step" else NEW_COLUMNS[c]
     return df
+
+
+def accuracy_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The methods' rows whose metric is accuracy (every row of a file written before the metric column); the
+    oracle's own rows (method `oracle`) are in `Run.metrics` only."""
+    df = normalize(df)
+    return df[(df["metric"] == "accuracy") & (df["method"] != ORACLE)].reset_index(drop=True)
 
 
 def ordinary(df: pd.DataFrame) -> pd.DataFrame:
@@ -132,7 +149,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 def _parse_names(path: Path, df: pd.DataFrame, text: pd.DataFrame) -> None:
     """Name columns: stripped, never empty, known values."""
-    for c in ("scenario", "method", "target", "split", "modality", "status", "probe", "at"):
+    for c in ("scenario", "method", "target", "split", "modality", "status", "probe", "at", "metric"):
         df[c] = df[c].str.strip()
         _require(path, text, df[c] == "", c, "empty value")
     _check_known(path, df, "status", STATUSES)
@@ -141,6 +158,7 @@ def _parse_names(path: Path, df: pd.DataFrame, text: pd.DataFrame) -> None:
     _check_known(path, df, "modality", MODALITIES)
     _check_known(path, df, "probe", PROBES, pattern=r"quant\d+")
     _check_known(path, df, "at", ATS)
+    _check_known(path, df, "metric", METRICS)
 
 
 def _parse_counts(path: Path, df: pd.DataFrame, text: pd.DataFrame) -> None:
@@ -163,7 +181,8 @@ def _parse_measures(path: Path, df: pd.DataFrame, text: pd.DataFrame) -> None:
     matched forgetting."""
     for c in ("accuracy", "relative", "n"):
         df[c] = _numbers(path, df, c)
-    _require(path, text, (df["accuracy"] < 0) | (df["accuracy"] > 100), "accuracy", "outside 0..100")
+    percent = df["metric"].isin(PERCENT_METRICS)
+    _require(path, text, percent & ((df["accuracy"] < 0) | (df["accuracy"] > 100)), "accuracy", "outside 0..100")
     _require(path, text, df["relative"] < 0, "relative", "negative")
     _require(path, text, df["n"] < 0, "n", "negative")
     # A diverged or not-reached measurement may have no accuracy; an ok one must, unless it measured nothing

@@ -112,12 +112,17 @@ def _files_record(root: Path, config: str) -> list[dict]:
     return out
 
 
-def _people_and_pairs(data: Path, n: int) -> tuple[list, list]:
-    """The first `n` Full_Set people by ID and their training-flavour QA pairs (every person must have some)."""
+def _people_and_pairs(data: Path, n: int, exclude=()) -> tuple[list, list]:
+    """The first `n` Full_Set people by ID but `exclude` (a retrained oracle: without D_unlearn) and their
+    training-flavour QA pairs (every person must have some)."""
     people = sorted(read_people(data, FULL_SET), key=lambda p: p.id)
     if len(people) < n:
         raise PulseError(f"{data}/{FULL_SET}: {len(people)} people, finetune.people asks for {n}")
     people = people[:n]
+    if outside := sorted(set(exclude) - {p.id for p in people}):
+        raise PulseError(f"--exclude: {len(outside)} people are not among the first {n} of {FULL_SET} "
+                         f"(e.g. {outside[0]!r})")
+    people = [p for p in people if p.id not in set(exclude)]
     ids = {p.id for p in people}
     pairs = [q for q in read_qa_pairs(data, FT_DATA) if q.person_id in ids]
     missing = sorted(ids - {q.person_id for q in pairs})
@@ -140,14 +145,15 @@ def _open_partial(partial: Path, marker: Path, request: dict, log) -> None:
 
 
 def run_finetune(base, data, out, ft: FinetuneSection, *, device: str = "auto", dtype: str = "auto",
-                 template: str | None = None, log=print, on_step=None) -> dict:
-    """`pulse finetune`: fine-tune `base` on the first `ft.people` Full_Set people of the MLLMU-Bench folder `data`,
-    write the merged checkpoint to `out` (atomically) with `pulse_finetune.json`; returns that record."""
+                 template: str | None = None, log=print, on_step=None, exclude=()) -> dict:
+    """`pulse finetune`: fine-tune `base` on the first `ft.people` Full_Set people of the MLLMU-Bench folder `data`
+    but `exclude` (the retrained oracle of a split: its D_unlearn), write the merged checkpoint to `out`
+    (atomically) with `pulse_finetune.json`; returns that record."""
     base, data, out = str(base), Path(data).expanduser(), Path(out).expanduser()
     if out.exists():
         raise PulseError(f"{out}: already exists; a finished fine-tuning is never overwritten — choose a new --out")
     partial = out.with_name(out.name + ".partial")
-    people, pairs = _people_and_pairs(data, ft.people)
+    people, pairs = _people_and_pairs(data, ft.people, exclude)
     request = {"base": base, "data": str(data), "people": [p.id for p in people], "recipe": asdict(ft),
                "device": device, "dtype": dtype, "template": template}
     marker = partial / "pulse_finetune.request.json"
@@ -167,7 +173,7 @@ def run_finetune(base, data, out, ft: FinetuneSection, *, device: str = "auto", 
     losses = info.pop("losses")
     mcq = evaluate_mcq(lm, people, batch_size=ft.eval_batch_size)
     record = {
-        "base": base, "people": [p.id for p in people],
+        "base": base, "people": [p.id for p in people], "excluded": sorted(exclude),
         "data": {"path": str(data), "config": FT_DATA, "files": _files_record(data, FT_DATA), "pairs": len(pairs),
                  "image_pairs": sum(q.form == "image" for q in pairs)},
         "sample_format": SAMPLE_FORMAT, "eos": ft.eos,

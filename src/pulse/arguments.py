@@ -153,7 +153,8 @@ def _mia_parser(sub) -> None:
     m.add_argument("--members", required=True, help="the people trained on, e.g. first:100 or forget_10")
     m.add_argument("--nonmembers", required=True, help="people never trained on, e.g. after:100")
     m.add_argument("--pairs", default="ft_Data", help="the QA-pair config scored (default ft_Data)")
-    m.add_argument("--dtype", default="auto", help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16 or float16")
+    m.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16 or float16")
     m.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
     m.add_argument("--template", help="prompt template name (llava-1.5, plain); default: the checkpoint's")
     m.add_argument("--trust-remote-code", action="store_true")

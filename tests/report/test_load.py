@@ -95,7 +95,8 @@ def test_duplicate_rows_name_both_rows(tmp_path, synth):
         return pd.concat([df, df.iloc[[3]]], ignore_index=True)  # the last row repeats data row 4
     msg = _mutate(tmp_path, synth, change)
     n = len(synth.make_full(seeds=(0,), checkpoints=False, probes=False)) + 1
-    assert f"row {n}, field scenario,method,target,seed,request,split,modality,metric,probe,step,at: duplicate of row 4" in msg
+    key = "scenario,method,target,seed,request,split,modality,metric,probe,step,at"
+    assert f"row {n}, field {key}: duplicate of row 4" in msg
 
 
 def test_any_quantization_width_is_a_known_probe(tmp_path, synth):

@@ -348,3 +348,18 @@ def test_pulse_finetune_end_to_end_resumes_and_never_overwrites(small_world, tmp
     a, b = load_model(out).model.state_dict(), load_model(tmp_path / "again").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "again" / "pulse_finetune.json").read_text())["mcq_accuracy"] == rec["mcq_accuracy"]
+
+
+def test_pulse_finetune_exclude_makes_the_oracle_of_a_split(small_world, tmp_path, capsys):
+    from pulse.cli import main
+
+    base, data = small_world / "models" / "pretrained", small_world / "mllmu"
+    (tmp_path / "unlearn.txt").write_text("002\n")
+    args = ["finetune", "--model", str(base), "--data", str(data), "--people", "3", "--epochs", "1",
+            "--device", "cpu", "--dtype", "float32", "batch_size=8"]
+    assert main(args + ["--exclude", f"@{tmp_path / 'unlearn.txt'}", "--out", str(tmp_path / "oracle")]) == 0
+    rec = json.loads((tmp_path / "oracle" / "pulse_finetune.json").read_text())
+    assert rec["people"] == ["001", "003"] and rec["excluded"] == ["002"]
+    (tmp_path / "far.txt").write_text("009\n")
+    assert main(args + ["--exclude", f"@{tmp_path / 'far.txt'}", "--out", str(tmp_path / "x")]) == 2
+    assert "not among the first 3 of Full_Set" in capsys.readouterr().err

@@ -14,14 +14,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from ..errors import PulseError
 from ..fsutil import atomic_write_json
 from ..models.batches import Encoder
 from ..models.load import load_model, save_model
 from ..models.templates import PLAIN
-from ..provenance import versions
 from ..unlearn.finetune import loss_summary, train_on
-from .build import (BuildConfig, finetune_mix, finetune_phase_recipe, load_world_data, mmbench_samples,
+from .build import (BuildConfig, environment, finetune_mix, finetune_phase_recipe, load_world_data, mmbench_samples,
                     pretraining_weights, qa_samples)
 from .cache import SHIPPED, SUMS, verify
 from .train import VISION_TOWER
@@ -61,7 +62,21 @@ def kept_people(world: Path, forget: list[str]) -> list[str]:
 
 def build_oracle(world: Path, keep: list[str], out: Path, cfg: BuildConfig, log=print) -> dict:
     """Retrain the fine-tuned model of `world` on the people `keep` only (kept_people); the checkpoint goes to
-    `out` (built as out.partial, renamed at the end) with pulse_oracle.json. Returns that record."""
+    `out` (built as out.partial, renamed at the end) with pulse_oracle.json. Returns that record. Deterministic
+    algorithms and the build's thread count, as the world's own build (mini/build.build_into)."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.get_num_threads())
+    torch.use_deterministic_algorithms(True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _build(world, keep, out, cfg, log)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.set_num_threads(previous[2])
+
+
+def _build(world: Path, keep: list[str], out: Path, cfg: BuildConfig, log) -> dict:
     data = load_world_data(world)
     known = {p.id for p in data["fictional"]}
     kept = set(keep)
@@ -82,7 +97,7 @@ def build_oracle(world: Path, keep: list[str], out: Path, cfg: BuildConfig, log=
     save_model(lm, partial, extra={"phase": "oracle", "finetune": recipe.mode})
     record = {"request": oracle_request(world, keep, cfg), "samples": len(mix),
               "fictional_pairs": len(samples["fictional"]), "time_s": round(time.time() - started, 1),
-              "losses": loss_summary(info["losses"], None), "versions": versions()}
+              "losses": loss_summary(info["losses"], None), "environment": environment()}
     atomic_write_json(partial / RECORD, record)
     partial.rename(out)
     return record

@@ -158,7 +158,7 @@ def request0(ctx: Context, scenario: str, seed: int, people: People) -> dict:
             if mmb is None:
                 mcq, mmb = ctx.evaluate(lm, enc, sets)
             else:
-                mcq = ctx.mcq(lm, enc, sets)
+                mcq = ctx.measures(lm, enc, sets)
     cell = {"mcq": mcq, "mmbench": mmb,
             "splits": splits(scenario, people.unlearn, people.retain, people.folds, 0),
             "halves": curves.half_keys(people.unlearn + people.retain, ctx.cfg.eval.half_seed)}

@@ -102,11 +102,16 @@ class Context:
         """MCQ on each evaluated set (`mcq`, with its membership inference under "mia" when eval.mia), MMBench
         once; the MMBench record keeps every row's letter in row order ("letters"), from which subsets (curve
         points) are scored without another pass."""
+        mcq = Context.measures(self, lm, enc, sets)
+        mmb = Context.mmbench_eval(self, lm, enc, self.mmbench)
+        return mcq, {**{k: mmb[k] for k in MCQ_SUMMARY + ("scoring",)}, "letters": mmb["letters"]}
+
+    def measures(self, lm, enc, sets: dict[str, tuple[list, int]]) -> dict:
+        """`mcq` on every question, with membership inference under "mia" when eval.mia."""
         mcq = Context.mcq(self, lm, enc, sets)
         if self.cfg.eval.mia:
             mcq["mia"] = mia_record(self, lm, enc, sets)
-        mmb = Context.mmbench_eval(self, lm, enc, self.mmbench)
-        return mcq, {**{k: mmb[k] for k in MCQ_SUMMARY + ("scoring",)}, "letters": mmb["letters"]}
+        return mcq
 
     def mcq(self, lm, enc, sets: dict[str, tuple[list, int]], questions: set | None = None) -> dict:
         """MCQ on each evaluated set {name: (people, demo people)} separately — as MLLMU-Bench's eval.py, one ID

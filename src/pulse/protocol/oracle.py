@@ -62,7 +62,8 @@ def ship_oracles(cfg, log=print, root: Path | None = None) -> list[Path]:
     """Maintainers: the oracles of `cfg`'s fine-tuned split seeds on its mini world, built (once) into the
     repository's worlds/<world>-oracles/<name>/ with SHA256SUMS, where `oracle_checkpoint` finds them."""
     world = ensure_mini(cfg.mini, log=log)
-    people = sorted(read_people(world / "mllmu", cfg.data.fictional), key=lambda p: p.id)[:cfg.scenario.finetuned.people]
+    people = sorted(read_people(world / "mllmu", cfg.data.fictional), key=lambda p: p.id)
+    people = people[:cfg.scenario.finetuned.people]
     bcfg, out = build_config(cfg.mini), []
     for seed in cfg.seeds:
         unlearn, _ = split_people(people, cfg.scenario.finetuned.unlearn, seed, "finetuned")

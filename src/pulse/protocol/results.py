@@ -20,7 +20,7 @@ from .rundir import read_manifest
 COLUMNS = ["scenario", "method", "target", "seed", "request", "split", "modality", "metric", "accuracy", "relative",
            "status", "n", "probe", "step", "at"]
 # `metric` names what the `accuracy` column holds (the column keeps its name for existing readers): "accuracy"
-# for the MCQ and MMBench rows and the probes (percent), the other metrics (metrics.py) in their own units.
+# for the MCQ and MMBench rows and the probes (percent), the other metrics in their own units (docs/run-directory.md).
 
 
 def write_results(out: Path) -> pd.DataFrame:
@@ -148,7 +148,8 @@ def oracle_rows(meta: dict, splits: dict[str, list[str]], mcq: dict | None, orc:
     rows = []
     for split in ("unlearn", "retain"):
         ids = set(splits[split])
-        now, then = summarise(pick(mcq["predictions"], ids, None)), summarise(pick(orc["mcq"]["predictions"], ids, None))
+        now = summarise(pick(mcq["predictions"], ids, None))
+        then = summarise(pick(orc["mcq"]["predictions"], ids, None))
         for modality in ("image", "text", "all"):
             if modality == "all":
                 gap, n = curves.accuracy(now.predictions) - curves.accuracy(then.predictions), len(now.predictions)

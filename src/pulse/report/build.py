@@ -35,7 +35,8 @@ from .probes import to_csv as probes_csv
 from .probes import to_markdown as probes_markdown
 from .tables import table3, to_csv, to_markdown
 
-OPTIONAL = ("tradeoff.png", "tradeoff.svg", "figure4_matched.png", "figure4_matched.svg", "table3_matched.md", "table3_matched.csv",
+OPTIONAL = ("tradeoff.png", "tradeoff.svg",
+            "figure4_matched.png", "figure4_matched.svg", "table3_matched.md", "table3_matched.csv",
             "probes.md", "probes.csv", *(f"curves_{s}.{e}" for s in SCENARIOS for e in ("png", "svg")))
 
 

@@ -160,7 +160,7 @@ def oracle_rows(meta: dict, splits: dict[str, list[str]], mcq: dict | None, orc:
     for modality, forms in FORMS_ALL.items():
         p, n = forget_quality(mcq["predictions"], orc["mcq"]["predictions"], set(splits["unlearn"]), forms)
         rows.append({**meta, "split": "unlearn", "modality": modality, "metric": "forget_quality",
-                     "accuracy": round(p, 6), "n": n})
+                     "accuracy": float(f"{p:.4g}"), "n": n})  # p-values go far below 1e-6
     return rows
 
 

@@ -12,6 +12,7 @@ each ranked on its own (1 = best; ties share the better rank), then the mean ran
   forget q.     KS p-value of the truth ratios vs the oracle      higher is better  fine-tuned scenario with an oracle
   privleak      |MUSE's PrivLeak| (Min-K%, vs the oracle)         lower is better   fine-tuned scenario with an oracle
   MIA AUC       Min-K% AUC of D_unlearn vs held-out people        shown, not ranked (the oracle's AUC is the target)
+  relative AUC  Min-K% AUC of D_unlearn vs D_retain (celebrities) shown, not ranked (not a membership test)
 
 D_unlearn accuracy itself is shown beside them (not ranked: forgetting alone rewards a model that forgets
 everything). A scenario without an oracle (pre-trained: nothing to retrain; sustainability) ranks on what it has
@@ -40,6 +41,7 @@ AXES = (
     ("forget_quality", "forget quality \u2191", "forget_quality", "unlearn", 1, None),
     ("privleak", "|PrivLeak| \u2193", "privleak", "unlearn", -1, abs),
     ("mia_auc", "MIA AUC (Min-K%)", "mia_auc_mink", "unlearn", 0, None),
+    ("mia_relative", "D_unlearn vs D_retain AUC (Min-K%, relative)", "mia_auc_mink", "unlearn_vs_retain", 0, None),
 )
 
 
@@ -145,24 +147,26 @@ def tradeoff(run: Run) -> Figure | None:
         return None
     fig = Figure(figsize=(4.2 * len(panels), 4.0), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    look = sorted({(r["method"], r["target"]) for s in panels for r in ranking(run, s)})  # one look per method
     for ax, scenario in zip(axes, panels):
-        for r in ranking(run, scenario):
-            ax.plot(r["forget"], r["retain"], "o")
-            ax.annotate(f"{method_name(r['method'])} {target_name(r['target'])}", (r["forget"], r["retain"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
-        df = run.metrics[(run.metrics.scenario == scenario) & (run.metrics.modality == "all")
-                         & (run.metrics.metric == "accuracy") & (run.metrics.request == 0)]
+        for r in sorted(ranking(run, scenario), key=lambda r: (r["method"], r["target"])):
+            i = look.index((r["method"], r["target"]))
+            ax.plot(r["forget"], r["retain"], "os^Dv<>"[i % 7], color=f"C{i}", alpha=0.8,
+                    label=f"{method_name(r['method'])} {target_name(r['target'])}")
+        m = run.metrics
+        df = m[(m.scenario == scenario) & (m.modality == "all") & (m.metric == "accuracy") & (m.request == 0)
+               & (m.probe == "none") & (m["at"] == "budget")]
         for who, marker, label in ((df.method != ORACLE, "s", "before unlearning"), (df.method == ORACLE, "*",
                                                                                       "retrained oracle")):
             rows = df[who]
             if len(rows):
                 x = rows[rows.split == "unlearn"].groupby("seed")["accuracy"].mean().mean()
                 y = rows[rows.split == "retain"].groupby("seed")["accuracy"].mean().mean()
-                ax.plot(x, y, marker, color="black", markersize=10 if marker == "*" else 7, label=label)
+                ax.plot(x, y, "*" if marker == "*" else "P", color="black", markersize=11, label=label)
         ax.set_title(scenario)
         ax.set_xlabel("D_unlearn accuracy (%) \u2190 forgets more")
         ax.set_ylabel("D_retain accuracy (%) \u2191 keeps more")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle("Forget vs retain at the budget (mean over seeds), metric: MCQ accuracy, both forms")
     return fig
 

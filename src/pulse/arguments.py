@@ -145,9 +145,10 @@ def _eval_parsers(sub) -> None:
 
 
 def _mia_parser(sub) -> None:
-    m = sub.add_parser("mia", help=COMMANDS["mia"], description=COMMANDS["mia"] + ". People are given as "
-                       "first:N / after:N (Full_Set by ID: the first N, everyone after them), an MLLMU-Bench config "
-                       "name (forget_10) or @FILE (one ID per line); their ft_Data QA pairs are scored.")
+    m = sub.add_parser("mia", help=COMMANDS["mia"].replace("%", "%%"),
+                       description=COMMANDS["mia"] + ". People are given as first:N / after:N (Full_Set by ID: "
+                       "the first N, everyone after them), an MLLMU-Bench config name (forget_10) or @FILE (one ID "
+                       "per line); their ft_Data QA pairs are scored.")
     m.add_argument("--model", required=True, help="checkpoint directory (safetensors)")
     m.add_argument("--data", required=True, type=Path, help="MLLMU-Bench folder (local clone)")
     m.add_argument("--members", required=True, help="the people trained on, e.g. first:100 or forget_10")

@@ -95,6 +95,9 @@ class EvalSection:
     every: int = 0  # trade-off curve: a cheap evaluation every N optimizer steps (+ step 0, budget, end); 0 = none
     curve_mmbench_groups: int | None = 16  # MMBench groups (seeded by half_seed) at curve points; None = all
     half_seed: int = 0  # seeds the selection / held-out question halves (protocol/halves.py)
+    # MLLMU-Bench's tasks at every request-level evaluation: mcq (always), cloze, generation (protocol/open_tasks.py)
+    tasks: list[str] = field(default_factory=lambda: ["mcq", "cloze", "generation"])
+    cloze_demo_people: int = 2  # cloze few-shot demo people (MLLMU-Bench's LLaVA branch: 2; celebrities: 0)
     mia: bool = True  # membership inference at every request-level evaluation (protocol/membership.py)
     mia_nonmembers: int = 100  # held-out fictional people (Full_Set after the fine-tuned ones, by ID) scored
 
@@ -233,6 +236,8 @@ def validate(cfg: RunConfig, where: str) -> None:
     if cfg.mini.size not in ("default", "small"):
         raise PulseError(f"{where}: mini.size must be default or small, got {cfg.mini.size!r}")
     validate_basics(cfg, where)
+    if "mcq" not in cfg.eval.tasks or set(cfg.eval.tasks) - {"mcq", "cloze", "generation"}:
+        raise PulseError(f"{where}: eval.tasks must hold mcq and any of cloze, generation, got {cfg.eval.tasks!r}")
     if cfg.eval.scoring not in (None, "likelihood", "generate"):
         raise PulseError(f"{where}: eval.scoring must be likelihood or generate, got {cfg.eval.scoring!r}")
     if pt.mode not in (None, "lora", "full"):
@@ -255,9 +260,9 @@ def validate(cfg: RunConfig, where: str) -> None:
         missing = [name for name, v in paths if v is None]
         raise PulseError(f"{where}: real-data runs need all of data.mllmu, data.mmbench, model.pretrained, "
                          f"model.finetuned; missing: {', '.join(missing)}")
-    if ft.oracle == "build" and not cfg.uses_mini:
-        raise PulseError(f"{where}: scenario.finetuned.oracle: build retrains on the mini world only; for a real "
-                         f"model give the checkpoint fine-tuned on the retained people (pulse finetune --people)")
+    if ft.oracle == "build" and not cfg.uses_mini and not (Path(cfg.data.mllmu or "").parent / "world.json").is_file():
+        raise PulseError(f"{where}: scenario.finetuned.oracle: build retrains on a mini world only; for a real "
+                         f"model give the checkpoint fine-tuned on the retained people (pulse finetune --exclude)")
     for name, v in paths:
         hub_ok = name.startswith("model.") and _looks_like_hub_id(v or "")
         if v is not None and not Path(v).expanduser().exists() and not hub_ok:
@@ -298,7 +303,7 @@ def validate_probes(p: ProbesSection, where: str) -> None:
         raise PulseError(f"{where}: probes.name_only must be substitute or prefix, got {p.name_only!r}")
 
 
-STOP_RULES = ("none", "never_learned")
+STOP_RULES = ("none", "never_learned", "oracle")
 
 
 def validate_curves(cfg: RunConfig, where: str) -> None:
@@ -312,11 +317,13 @@ def validate_curves(cfg: RunConfig, where: str) -> None:
         raise PulseError(f"{where}: eval.curve_mmbench_groups must be null (all) or >= 1, got "
                          f"{e.curve_mmbench_groups!r}")
     if st.rule not in STOP_RULES:
-        raise PulseError(f"{where}: unlearn.stop.rule must be {' or '.join(STOP_RULES)}, got {st.rule!r}")
+        raise PulseError(f"{where}: unlearn.stop.rule must be one of {', '.join(STOP_RULES)}, got {st.rule!r}")
     if not math.isfinite(st.margin):
         raise PulseError(f"{where}: unlearn.stop.margin must be a finite number, got {st.margin!r}")
     if isinstance(st.max_steps, bool) or st.max_steps < 0:
         raise PulseError(f"{where}: unlearn.stop.max_steps must be an integer >= 0, got {st.max_steps!r}")
+    if st.rule == "oracle" and not cfg.scenario.finetuned.oracle:
+        raise PulseError(f"{where}: unlearn.stop.rule oracle needs a retrained oracle: set scenario.finetuned.oracle")
     if st.rule != "none" and e.every < 1:
         raise PulseError(f"{where}: unlearn.stop.rule {st.rule} needs checkpoints: set eval.every >= 1")
     # Training past the budget must not change the first `budget` steps: only a constant lr allows it. With an

@@ -19,7 +19,8 @@ def test_help_lists_every_command(capsys):
 def test_data_check_json(small_world, capsys):
     assert main(["data", "check", str(small_world / "mllmu"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["configs"]["Full_Set"] == {"people": 10, "image_mcq": 50, "text_mcq": 50} | {
+    # 10 fine-tuned fictional people and 20 held out (never trained on)
+    assert res["configs"]["Full_Set"] == {"people": 30, "image_mcq": 150, "text_mcq": 150} | {
         k: v for k, v in res["configs"]["Full_Set"].items() if k not in ("people", "image_mcq", "text_mcq")}
     assert main(["data", "check", str(small_world / "mmbench.tsv"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)

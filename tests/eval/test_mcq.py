@@ -1,5 +1,6 @@
 """MCQ evaluation on the (small, really trained) mini world: both scoring modes, predictions kept; the early stop
 and the shared few-shot prefix against a scripted stand-in model."""
+import json
 import types
 
 import pytest
@@ -17,7 +18,8 @@ from pulse.models.load import load_model
 
 def test_likelihood_scoring_learned_fictional_people(small_world):
     lm = load_model(small_world / "models" / "finetuned")
-    people = read_people(small_world / "mllmu", "Full_Set")
+    held = set(json.loads((small_world / "world.json").read_text())["holdout"])  # never trained on
+    people = [p for p in read_people(small_world / "mllmu", "Full_Set") if p.id not in held]
     res = evaluate_mcq(lm, people)
     assert res.n == {"image": 5 * len(people), "text": 5 * len(people)}
     assert len(res.predictions) == 10 * len(people)
@@ -314,8 +316,10 @@ def test_runner_draws_each_sets_demo_person_from_its_own_ids(small_world, monkey
     from pulse.protocol import context, results
 
     monkeypatch.setattr(context, "evaluate_mmbench", lambda *a, **k: collections.defaultdict(float))
-    ev = EvalSection(scoring="generate", demo_people=1, demo_seed=5, max_new_tokens=3, batch_size=16)
-    ctx = types.SimpleNamespace(cfg=types.SimpleNamespace(eval=ev), mmbench=[])
+    ev = EvalSection(scoring="generate", demo_people=1, demo_seed=5, max_new_tokens=3, batch_size=16, mia=False,
+                     tasks=["mcq"])
+    no_oracle = types.SimpleNamespace(finetuned=types.SimpleNamespace(oracle=None))
+    ctx = types.SimpleNamespace(cfg=types.SimpleNamespace(eval=ev, scenario=no_oracle), mmbench=[])
     lm = load_model(small_world / "models" / "finetuned")
     enc = Encoder(lm.processor)
     people = sorted(read_people(small_world / "mllmu", "Full_Set"), key=lambda p: p.id)[:5]

@@ -254,8 +254,14 @@ def test_the_repository_ships_the_default_world_of_this_code():
     """The shipped copy is what makes a first `make run` skip the ~10 min build: it must be this code's."""
     preset = PRESETS["default"]
     key = cache.world_key(replace(preset, world=replace(preset.world, seed=0), seed=0))
-    found = sorted(p.name for p in cache.SHIPPED.glob("mini-*"))
+    found = sorted(p.name for p in cache.SHIPPED.glob("mini-*") if not p.name.endswith("-oracles"))
     assert found == [f"mini-{key}"], (f"worlds/ holds {found}, this code's default world is mini-{key}: rebuild it "
                                       f"with `pulse mini build --ship` and delete the old one")
     cache.verify(cache.SHIPPED / f"mini-{key}")
+    # the retrained oracles of the default config's split seeds, shipped beside it (pulse mini oracles --ship)
+    oracles = sorted(cache.SHIPPED.glob("mini-*-oracles/*"))
+    assert {p.parent.name for p in oracles} == {f"mini-{key}-oracles"} and len(oracles) == 3
+    for path in oracles:
+        cache.verify(path)
+        assert json.loads((path / "pulse_oracle.json").read_text())["request"]["world"] == f"mini-{key}"
     assert build.PRESETS["default"].threads == 2  # the thread count it was built with (its bits depend on it)

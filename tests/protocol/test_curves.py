@@ -216,12 +216,14 @@ def test_write_results_rows_for_budget_checkpoints_and_matched(tmp_path):
             json.dumps({**base, "meta": meta, "matched": mt}))
     df = write_results(tmp_path)
     assert list(df.columns) == COLUMNS == ["scenario", "method", "target", "seed", "request", "split", "modality",
-                                           "accuracy", "relative", "status", "n", "probe", "step", "at"]
+                                           "metric", "accuracy", "relative", "status", "n", "probe", "step", "at"]
+    assert set(df.metric) == {"accuracy"}
     assert (df.probe == "none").all()
     ga = df[df.method == "ga"]
     budget = ga[(ga["at"] == "budget") & (ga.request == 1)].set_index(["split", "modality"])
     assert set(budget.index.get_level_values(0)) == {"unlearn", "retain", "unlearn_sel", "unlearn_held",
-                                                     "retain_sel", "retain_held", "mmbench", "mmbench_vanilla"}
+                                                     "retain_sel", "retain_held", "mmbench", "mmbench_vanilla",
+                                                     "unlearn_known", "unlearn_known_sel", "unlearn_known_held"}
     assert budget.loc[("unlearn_sel", "all"), "accuracy"] == 0.0 and budget.loc[("unlearn_sel", "all"), "n"] == 12
     assert budget.loc[("unlearn_held", "all"), "accuracy"] == 100.0 and budget.loc[("unlearn_held", "all"), "n"] == 8
     assert budget.loc[("unlearn", "all"), "accuracy"] == 40.0 and budget["step"].isna().all()
@@ -238,7 +240,7 @@ def test_write_results_rows_for_budget_checkpoints_and_matched(tmp_path):
     assert mt.loc[("unlearn_held", "all"), "accuracy"] == 100.0 and mt.loc[("unlearn_sel", "all"), "accuracy"] == 0
     assert mt.loc[("mmbench", "all"), "accuracy"] == 30.0 and mt.loc[("mmbench", "all"), "relative"] == 60.0
     nr = df[(df.method == "npo") & (df["at"] == "matched")]
-    assert len(nr) == 4 * 3 + 2 and set(nr.status) == {"not_reached"} and set(nr.step) == {6}
+    assert len(nr) == 6 * 3 + 2 and set(nr.status) == {"not_reached"} and set(nr.step) == {6}
     assert nr.accuracy.isna().all() and nr.n.isna().all()
     text = (tmp_path / "results.csv").read_text()
     assert text.splitlines()[0] == ",".join(COLUMNS)

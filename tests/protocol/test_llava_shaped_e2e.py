@@ -103,7 +103,8 @@ def test_finetune_run_eval_mmbench(llava15_shaped, trimmed, tmp_path, record_pro
            "scenarios=[finetuned,pretrained]", "methods=[ga_klr]", "table3_methods=[npo]",
            "table3_targets=[llm]", "scenario.finetuned.people=3", "scenario.finetuned.unlearn=2",
            "scenario.pretrained.select=2", "scenario.pretrained.unlearn=1",
-           "unlearn.batch_size=1", "eval.demo_people=0", "eval.max_new_tokens=3", "eval.mmbench_max_new_tokens=3")
+           "unlearn.batch_size=1", "eval.demo_people=0", "eval.cloze_demo_people=0", "eval.max_new_tokens=3",
+           "eval.mmbench_max_new_tokens=3")
     df = pd.read_csv(run_dir / "results.csv")
     assert set(df.scenario) == {"finetuned", "pretrained"}
     assert set(df[df.scenario == "finetuned"].method) == {"ga_klr", "npo"}
@@ -112,6 +113,10 @@ def test_finetune_run_eval_mmbench(llava15_shaped, trimmed, tmp_path, record_pro
     assert manifest["config"]["unlearn"]["format"] == "mllmu"
     cells = [json.loads(p.read_text()) for p in (run_dir / "cells").glob("*/*/request1.json")]
     assert len(cells) == 3 and all(c["status"] == "ok" for c in cells)
+    # the paper configs score MLLMU-Bench's cloze and generation at every evaluation, through the same prompts
+    assert {"cloze", "rouge1", "rouge2", "rougeL", "bleu"} <= set(df.metric)
+    assert set(df[df.metric == "cloze"].split) == {"unlearn", "retain"}
+    assert all(set(c["mcq"]["open"]) == {"cloze", "generation"} for c in cells)
 
     preds = tmp_path / "preds.json"
     out = _pulse(tmp_path, record_property, "eval_generate", "eval", "--model", ft, "--data", mllmu, "--config",

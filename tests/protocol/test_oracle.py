@@ -1,5 +1,6 @@
 """The retrained oracle: the mini world's fine-tuning rerun without the forget people, the truth ratio and forget
 quality against hand-computed values, its rows in results.csv, and learned-before (unlearn_known) rows."""
+import json
 import math
 
 import pandas as pd
@@ -54,9 +55,22 @@ def test_oracle_of_everyone_is_the_worlds_fine_tuned_model(small_world, tmp_path
         kept_people(small_world, ["nobody"])
 
 
-def test_results_hold_the_oracle_and_learned_before_rows(small_run):
-    df = pd.read_csv(small_run / "results.csv")
-    cfg = load_config(ROOT / "configs" / "mini" / "small.yaml")
+BEYOND = ["scenario.finetuned.oracle=build", "eval.mia=true", "methods=[ga]", "table3_targets=[]"]
+
+
+@pytest.fixture(scope="module")
+def beyond_run(small_world, tmp_path_factory):
+    """The small config's three scenarios with the retrained oracle and membership inference (the mini default's
+    measurements beyond accuracy)."""
+    from pulse.cli import main
+    out = tmp_path_factory.mktemp("beyond") / "run"
+    assert main(["run", str(ROOT / "configs" / "mini" / "small.yaml"), "--out", str(out), "--no-report", *BEYOND]) == 0
+    return out
+
+
+def test_results_hold_the_oracle_and_learned_before_rows(beyond_run):
+    df = pd.read_csv(beyond_run / "results.csv")
+    cfg = load_config(ROOT / "configs" / "mini" / "small.yaml", BEYOND)
     oracle = df[df.method == "oracle"]
     assert set(oracle.scenario) == {"finetuned"} and set(oracle.request) == {0} and set(oracle.target) == {"none"}
     assert set(oracle.split) == {"unlearn", "retain", "mmbench", "mmbench_vanilla", "unlearn_sel", "unlearn_held",
@@ -93,8 +107,39 @@ def test_results_hold_the_oracle_and_learned_before_rows(small_run):
 
 def test_building_an_oracle_needs_the_mini_world(tmp_path):
     (tmp_path / "x").mkdir()
-    with pytest.raises(PulseError, match="oracle: build retrains on the mini world only"):
+    with pytest.raises(PulseError, match="oracle: build retrains on a mini world only"):
         load_config(ROOT / "configs" / "paper" / "finetuned.yaml",
                     [f"data.mllmu={tmp_path / 'x'}", f"data.mmbench={tmp_path / 'x'}",
                      f"model.pretrained={tmp_path / 'x'}", f"model.finetuned={tmp_path / 'x'}",
                      "scenario.finetuned.oracle=build"])
+
+
+def test_open_tasks_rows_and_the_oracle_stop_rule(small_world, tmp_path):
+    from pulse.cli import main
+    out = tmp_path / "run"
+    assert main(["run", str(ROOT / "configs" / "mini" / "small.yaml"), "--out", str(out), "--no-report",
+                 "scenarios=[finetuned]", "methods=[ga]", "table3_targets=[]", "eval.tasks=[mcq,cloze,generation]",
+                 "scenario.finetuned.oracle=build",
+                 "eval.every=2", "unlearn.stop={rule: oracle, margin: 10.0, max_steps: 6}"]) == 0
+    df = pd.read_csv(out / "results.csv")
+    # MLLMU-Bench's cloze (%) and generation (0-1) per split and modality, at request 0 and after the request
+    cloze = df[(df.metric == "cloze") & (df.method == "ga")]
+    assert set(cloze.split) == {"unlearn", "retain"} and set(cloze.request) == {0, 1}
+    assert cloze.accuracy.between(0, 100).all() and (cloze[cloze.modality == "all"].n > 0).all()
+    gen = df[df.metric.isin(["rouge1", "rouge2", "rougeL", "bleu"])]
+    assert gen.accuracy.between(0, 1).all() and len(gen) == 4 * len(cloze)
+    request1 = json.loads((out / "cells" / "finetuned" / "ga__proj+llm__seed0" / "request1.json").read_text())
+    assert set(request1["mcq"]["open"]) == {"cloze", "generation"}
+    # the matched-forgetting target is the oracle's accuracy on D_unlearn's selection half, plus the margin
+    ref = json.loads((out / "cells" / "finetuned" / "reference__seed0.json").read_text())
+    orc = json.loads((out / "cells" / "finetuned" / "oracle__seed0.json").read_text())
+    assert ref["rule"] == "the retrained oracle on D_unlearn's selection half" and ref["model"] == orc["model"]
+    sel = set(ref["questions"])
+    picked = [p["correct"] for p in orc["mcq"]["predictions"] if f"{p['person_id']}:{p['form']}:{p['index']}" in sel]
+    assert ref["reference"] == pytest.approx(100.0 * sum(picked) / len(picked))
+    assert ref["target"] == pytest.approx(ref["reference"] + 10.0)
+
+
+def test_the_oracle_stop_rule_needs_an_oracle():
+    with pytest.raises(PulseError, match="stop.rule oracle needs a retrained oracle"):
+        load_config(ROOT / "configs" / "mini" / "small.yaml", ["eval.every=2", "unlearn.stop={rule: oracle}"])

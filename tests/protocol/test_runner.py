@@ -258,7 +258,7 @@ def test_matched_point_is_the_first_checkpoint_at_or_below_the_target(curve_runs
         step = first_reaching(points, target, cap=8)
         matched = d[d["at"] == "matched"]
         assert set(matched.split) == {"unlearn_held", "retain_held", "unlearn_sel", "retain_sel", "mmbench",
-                                      "mmbench_vanilla"}
+                                      "mmbench_vanilla", "unlearn_known_held", "unlearn_known_sel"}
         if step is None:
             assert set(matched.status) == {"not_reached"} and matched.accuracy.isna().all()
             assert set(matched.step) == {8} and cell["training"]["steps_done"] == 8

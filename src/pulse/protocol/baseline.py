@@ -59,12 +59,13 @@ def baseline(ctx: Context, scenario: str, seed: int, wait: bool = True) -> Basel
         if not held:
             return None
         ref = request0(ctx, scenario, seed, people)
+    orc = oracle_eval(ctx, seed, people.unlearn, people.retain, wait) if scenario == "finetuned" else None
+    if orc is False:
+        return None
     with claims.claim(base / f"reference__seed{seed}.lock", wait) as held:
         if not held:
             return None
-        stop = stop_target(ctx, scenario, seed, people, chosen)
-    if scenario == "finetuned" and oracle_eval(ctx, seed, people.unlearn, people.retain, wait) is False:
-        return None
+        stop = stop_target(ctx, scenario, seed, people, chosen, orc)
     update_manifest(ctx.out, lambda manifest: _record(manifest, scenario, seed, people, chosen, stop))
     ctx.shared[(scenario, seed)] = Baseline(people, ref, stop)
     return ctx.shared[(scenario, seed)]
@@ -183,16 +184,21 @@ def _earlier_mmbench(ctx: Context, phase: str, seed: int) -> dict | None:
     return None
 
 
-def stop_target(ctx: Context, scenario: str, seed: int, people: People, chosen: dict | None) -> dict | None:
+def stop_target(ctx: Context, scenario: str, seed: int, people: People, chosen: dict | None,
+                oracle: dict | None = None) -> dict | None:
     """{reference, margin, target, n, rule, ...} of a single-request scenario under unlearn.stop, cached as
-    cells/<scenario>/reference__seed<S>.json; None when matched forgetting does not apply."""
+    cells/<scenario>/reference__seed<S>.json; None when matched forgetting does not apply. Rule `oracle`: the
+    retrained oracle's evaluation (`oracle`) on D_unlearn's selection half — fine-tuned knowledge only; the
+    pre-trained scenario has no oracle and keeps its never-known reference (recorded in the rule)."""
     st = ctx.cfg.unlearn.stop
     if st.rule == "none" or scenario not in MATCHED_SCENARIOS:
         return None
     path = ctx.out / "cells" / scenario / f"reference__seed{seed}.json"
     if path.is_file():
         return stored.read(path)
-    if scenario == "finetuned":
+    if scenario == "finetuned" and st.rule == "oracle":
+        ref = _oracle_reference(ctx, people, oracle)
+    elif scenario == "finetuned":
         ref = _never_learned_finetuned(ctx, scenario, seed, people)
     else:
         ref = _never_known_pretrained(ctx, people, chosen)
@@ -215,6 +221,16 @@ def _never_learned_finetuned(ctx: Context, scenario: str, seed: int, people: Peo
     return {"rule": "the pretrained checkpoint on D_unlearn's selection half", "model": "pretrained",
             "people": [p.id for p in unlearn], "questions": sel, "sel": curves.encode(sel, mcq["predictions"]),
             "accuracy": curves.accuracy(mcq["predictions"]), "n": len(mcq["predictions"])}
+
+
+def _oracle_reference(ctx: Context, people: People, oracle: dict) -> dict:
+    """Fine-tuned knowledge, rule oracle: the retrained oracle's answers on D_unlearn's selection half (the same
+    evaluation settings; taken from its full evaluation)."""
+    sel = curves.half_keys(people.unlearn, ctx.cfg.eval.half_seed)["sel"]
+    preds = [p for p in oracle["mcq"]["predictions"] if curves.key(p["person_id"], p["form"], p["index"]) in set(sel)]
+    return {"rule": "the retrained oracle on D_unlearn's selection half", "model": oracle["model"],
+            "people": [p.id for p in people.unlearn], "questions": sel, "sel": curves.encode(sel, preds),
+            "accuracy": curves.accuracy(preds), "n": len(preds)}
 
 
 def _never_known_pretrained(ctx: Context, people: People, chosen: dict) -> dict:

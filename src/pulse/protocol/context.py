@@ -18,6 +18,7 @@ from ..provenance import git_commit, versions
 from . import curves
 from .fingerprint import run_identity
 from .membership import mia_record
+from .open_tasks import open_record
 
 MCQ_SUMMARY = ("circular", "vanilla", "vanilla_all_rows", "z_share", "groups", "rows", "per_category")
 
@@ -38,7 +39,7 @@ class Context:
         else:
             mllmu, mmbench_tsv = Path(cfg.data.mllmu).expanduser(), Path(cfg.data.mmbench).expanduser()
             self.models = {"pretrained": cfg.model.pretrained, "finetuned": cfg.model.finetuned}
-            self.world = None
+            self.world = mllmu.parent if (mllmu.parent / "world.json").is_file() else None  # a mini world's copy
         self._read_people(mllmu)
         items = read_mmbench(mmbench_tsv)
         require_answers(items, mmbench_tsv)
@@ -107,10 +108,19 @@ class Context:
         return mcq, {**{k: mmb[k] for k in MCQ_SUMMARY + ("scoring",)}, "letters": mmb["letters"]}
 
     def measures(self, lm, enc, sets: dict[str, tuple[list, int]]) -> dict:
-        """`mcq` on every question, with membership inference under "mia" when eval.mia."""
+        """`mcq` on every question, with membership inference under "mia" when eval.mia, MLLMU-Bench's cloze
+        and generation under "open" when eval.tasks asks for them, and — generate scoring with an oracle — the
+        D_unlearn options' likelihoods under "option_scores" (forget quality)."""
         mcq = Context.mcq(self, lm, enc, sets)
         if self.cfg.eval.mia:
             mcq["mia"] = mia_record(self, lm, enc, sets)
+        if set(self.cfg.eval.tasks) - {"mcq"}:
+            mcq["open"] = open_record(self, lm, enc, sets)
+        unlearn = sets["unlearn"][0]
+        if self.cfg.scenario.finetuned.oracle and (self.cfg.eval.scoring or lm.scoring) == "generate" \
+                and {p.id for p in unlearn} <= {p.id for p in self.fictional}:  # forget quality: option probabilities
+            mcq["option_scores"] = evaluate_mcq(lm, unlearn, scoring="likelihood", enc=enc,
+                                                batch_size=self.cfg.eval.batch_size).predictions
         return mcq
 
     def mcq(self, lm, enc, sets: dict[str, tuple[list, int]], questions: set | None = None) -> dict:

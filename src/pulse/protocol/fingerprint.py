@@ -156,7 +156,7 @@ def config_parts(ctx, kind: str, scenario: str | None, method: str | None) -> tu
 
     model = pick("model.device", "model.dtype", "model.template", "model.trust_remote_code")
     mcq = pick("eval.scoring", "eval.demo_people", "eval.demo_seed", "eval.max_new_tokens", "eval.batch_size",
-               "eval.mia", "eval.mia_nonmembers")
+               "eval.mia", "eval.mia_nonmembers", "eval.tasks", "eval.cloze_demo_people")
     if kind == "selection":
         return {**model, **pick("eval.scoring", "eval.max_new_tokens", "eval.batch_size", "data.celebrities",
                                 "scenario.pretrained.select", "scenario.pretrained.min_accuracy")}, \
@@ -173,7 +173,8 @@ def config_parts(ctx, kind: str, scenario: str | None, method: str | None) -> tu
     train = ["data.train"] if fictional and cfg.unlearn.data == "ft_data" else []
     if kind == "reference":
         return {**model, **mcq, **pick("eval.half_seed"), **people,
-                **pick("unlearn.stop.rule", "unlearn.stop.margin")}, ["model.pretrained", people_data]
+                **pick("unlearn.stop.rule", "unlearn.stop.margin", "scenario.finetuned.oracle")}, \
+            ["model.pretrained", people_data]
     if kind == "probe_routes_request0":
         return {**model, **mcq, **people, **pick("probes.name_only")}, \
             [phase_model, people_data] + (["data.test_set"] if fictional else [])

@@ -32,7 +32,7 @@ def mia_record(ctx, lm, enc, sets: dict) -> dict:
     if all(p.id in fictional for p in unlearn + retain):
         kind, nonmembers = "holdout", [p.id for p in ctx.holdout]
         ids = {p.id for p in unlearn} | set(nonmembers)
-        pairs = [q for q in ctx.ft_data if q.person_id in ids]
+        pairs = [q for q in ctx.ft_data if q.person_id in ids] if nonmembers else []  # none held out: no test
     else:
         kind, nonmembers = "retain", [p.id for p in retain]
         pairs = mcq_pairs(unlearn + retain)

@@ -94,13 +94,23 @@ def oracle_eval(ctx: Context, seed: int, unlearn, retain, wait: bool = True) -> 
         enc = Encoder(lm.processor, device=lm.device, dtype=next(lm.model.parameters()).dtype, eos=ctx.cfg.unlearn.eos)
         with progress.stage(f"oracle evaluation seed {seed}"):
             mcq, mmb = ctx.evaluate(lm, enc, eval_sets(ctx, "finetuned", unlearn, retain))
-        record = json.loads((model_dir / RECORD).read_text()) if (model_dir / RECORD).is_file() else None
-        cell = {"model": str(model_dir), "oracle": record, "mcq": mcq, "mmbench": mmb,
+        record = json.loads((model_dir / RECORD).read_text()) if (model_dir / RECORD).is_file() else {}
+        cell = {"model": _where(ctx, model_dir), "oracle": record.get("request"),  # what made it, not when
+                "mcq": mcq, "mmbench": mmb,
                 "splits": splits("finetuned", unlearn, retain, None, 0),
                 "halves": curves.half_keys(unlearn + retain, ctx.cfg.eval.half_seed)}
         cell = fingerprint.stamped(ctx, path, cell)
         atomic_write_json(path, cell)
         return cell
+
+
+def _where(ctx: Context, model_dir: Path) -> str:
+    """The oracle checkpoint as the cell file names it: inside the run directory or the repository's shipped
+    copies by a relative name (the same bytes in every clone and run directory), else the configured path."""
+    for root, prefix in ((ctx.out, ""), (SHIPPED, "worlds/")):
+        if model_dir.is_relative_to(root):
+            return prefix + model_dir.relative_to(root).as_posix()
+    return str(model_dir)
 
 
 def truth_ratios(predictions: list[dict], ids: set, forms: tuple[str, ...]) -> dict[str, float]:

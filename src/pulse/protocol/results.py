@@ -12,6 +12,7 @@ from ..eval.mcq import summarise
 from ..fsutil import atomic_write_json, atomic_write_text
 from . import curves, stored
 from .membership import mia_rows
+from .open_tasks import open_rows
 from .oracle import FORMS_ALL, forget_quality
 from .plan import plan, variants
 from .probes import cell_rows as probe_cell_rows, control_rows as probe_control_rows
@@ -47,6 +48,7 @@ def write_results(out: Path) -> pd.DataFrame:
                 with stored.reading(p0):
                     rows += budget_rows(meta0, ref["splits"], ref["mcq"], ref["mmbench"], None, "ok", ref.get("halves"))
                     rows += oracle_rows(meta0, ref["splits"], ref["mcq"], orc) + mia_rows(meta0, ref["mcq"], orc)
+                    rows += open_rows(meta0, ref["mcq"])
                 folder = out / "cells" / scenario / f"{method}__{target}__seed{seed}"
                 paths = [p for p in folder.glob("request*.json") if p.stem[7:].isdigit()]
                 for path in sorted(paths, key=lambda p: int(p.stem[7:])):
@@ -55,6 +57,7 @@ def write_results(out: Path) -> pd.DataFrame:
                         rows += budget_rows(c["meta"], c["splits"], c["mcq"], c["mmbench"], ref, c["status"],
                                             c.get("halves"))
                         rows += oracle_rows(c["meta"], c["splits"], c["mcq"], orc) + mia_rows(c["meta"], c["mcq"], orc)
+                        rows += open_rows(c["meta"], c["mcq"])
                         rows += curve_rows(c["meta"], c, ref)
                         rows += matched_rows(c["meta"], c, ref)
                         rows += not_run_rows(c, ref)
@@ -95,7 +98,7 @@ def half_filters(splits: dict[str, list[str]], halves: dict | None,
         for base in ("unlearn", "retain"):
             for half in ("sel", "held"):
                 out[f"{base}_{half}"] = (set(splits[base]), set(halves[half]))
-    if known is not None:
+    if known is not None and "unlearn" in splits:
         out["unlearn_known"] = (set(splits["unlearn"]), known)
         for half in ("sel", "held") if halves else ():
             out[f"unlearn_known_{half}"] = (set(splits["unlearn"]), known & set(halves[half]))
@@ -157,8 +160,10 @@ def oracle_rows(meta: dict, splits: dict[str, list[str]], mcq: dict | None, orc:
                 gap, n = now.accuracy[modality] - then.accuracy[modality], now.n[modality]
             rows.append({**meta, "split": split, "modality": modality, "metric": "oracle_gap",
                          "accuracy": round(gap, 4), "n": n})
+    mine = mcq.get("option_scores") or mcq["predictions"]  # generate scoring: a likelihood pass of D_unlearn
+    theirs = orc["mcq"].get("option_scores") or orc["mcq"]["predictions"]
     for modality, forms in FORMS_ALL.items():
-        p, n = forget_quality(mcq["predictions"], orc["mcq"]["predictions"], set(splits["unlearn"]), forms)
+        p, n = forget_quality(mine, theirs, set(splits["unlearn"]), forms)
         rows.append({**meta, "split": "unlearn", "modality": modality, "metric": "forget_quality",
                      "accuracy": float(f"{p:.4g}"), "n": n})  # p-values go far below 1e-6
     return rows

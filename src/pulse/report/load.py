@@ -37,9 +37,9 @@ SPLITS = ("unlearn", "retain", "mmbench", "mmbench_vanilla", "fold_current", "fo
           "unlearn_sel", "retain_sel", "unlearn_held", "retain_held", "mmbench_sub", "mmbench_sub_vanilla",
           "relearn_measured", "relearn_trained", "relearn_measured_attacked", "relearn_trained_attacked",
           "unlearn_known", "unlearn_known_sel", "unlearn_known_held", "unlearn_vs_retain")
-PERCENT_METRICS = ("accuracy",)  # metrics whose value lies in 0..100
-METRICS = PERCENT_METRICS + ("oracle_gap", "forget_quality", "privleak", "mia_auc_loss", "mia_auc_zlib",
-                             "mia_auc_mink", "mia_auc_minkpp")
+PERCENT_METRICS = ("accuracy", "cloze")  # metrics whose value lies in 0..100
+METRICS = PERCENT_METRICS + ("rouge1", "rouge2", "rougeL", "bleu", "oracle_gap", "forget_quality", "privleak",
+                             "mia_auc_loss", "mia_auc_zlib", "mia_auc_mink", "mia_auc_minkpp")
 ORACLE = "oracle"  # method name of the retrained oracle's rows
 MODALITIES = ("image", "text", "all")
 ROUTES = ("route_image", "route_text", "route_test_set", "route_name_only", "route_all")

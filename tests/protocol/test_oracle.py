@@ -124,10 +124,24 @@ def test_open_tasks_rows_and_the_oracle_stop_rule(small_world, tmp_path):
     df = pd.read_csv(out / "results.csv")
     # MLLMU-Bench's cloze (%) and generation (0-1) per split and modality, at request 0 and after the request
     cloze = df[(df.metric == "cloze") & (df.method == "ga")]
-    assert set(cloze.split) == {"unlearn", "retain"} and set(cloze.request) == {0, 1}
-    assert cloze.accuracy.between(0, 100).all() and (cloze[cloze.modality == "all"].n > 0).all()
+    assert set(cloze.split) == {"unlearn", "retain", "unlearn_known"} and set(cloze.request) == {0, 1}
+    # known before unlearning: request 0 answers every known cloze item
+    k0 = cloze[(cloze.split == "unlearn_known") & (cloze.request == 0) & (cloze.n > 0)]
+    assert (k0.accuracy == 100).all()
+    # against the oracle: this evaluation's cloze accuracy / ROUGE-L minus the oracle's, same split and modality
+    oracle = df[(df.method == "oracle")].set_index(["split", "modality", "metric"])["accuracy"]
+    mine = df[(df.method == "ga") & (df.request == 1)].set_index(["split", "modality", "metric"])["accuracy"]
+    for metric in ("cloze", "rougeL"):
+        for split in ("unlearn", "retain"):
+            gap = mine[(split, "all", f"oracle_gap_{metric}")]
+            assert gap == pytest.approx(mine[(split, "all", metric)] - oracle[(split, "all", metric)], abs=1e-3)
+    measured = cloze[cloze.n > 0]  # a split with no item of a form (unlearn_known) has no value
+    assert measured.accuracy.between(0, 100).all() and cloze[cloze.n == 0].accuracy.isna().all()
+    assert (cloze[(cloze.modality == "all") & (cloze.split != "unlearn_known")].n > 0).all()
     gen = df[df.metric.isin(["rouge1", "rouge2", "rougeL", "bleu"])]
-    assert gen.accuracy.between(0, 1).all() and len(gen) == 4 * len(cloze)
+    ga_gen = gen[gen.method == "ga"]
+    assert ga_gen[ga_gen.n > 0].accuracy.between(0, 1).all() and len(ga_gen) == 4 * len(cloze)
+    assert set(ga_gen.split) == set(cloze.split)
     request1 = json.loads((out / "cells" / "finetuned" / "ga__proj+llm__seed0" / "request1.json").read_text())
     assert set(request1["mcq"]["open"]) == {"cloze", "generation"}
     # the matched-forgetting target is the oracle's accuracy on D_unlearn's selection half, plus the margin

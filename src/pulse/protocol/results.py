@@ -43,12 +43,13 @@ def write_results(out: Path) -> pd.DataFrame:
                 with stored.reading(po):
                     rows += budget_rows(meta, orc["splits"], orc["mcq"], orc["mmbench"], None, "ok", orc["halves"],
                                         known=False) + mia_rows(meta, orc["mcq"], None)
+                    rows += open_rows(meta, orc["mcq"], None, None, known=False)
             for method, target in pairs[scenario]:
                 meta0 = {"scenario": scenario, "method": method, "target": target, "seed": seed, "request": 0}
                 with stored.reading(p0):
                     rows += budget_rows(meta0, ref["splits"], ref["mcq"], ref["mmbench"], None, "ok", ref.get("halves"))
                     rows += oracle_rows(meta0, ref["splits"], ref["mcq"], orc) + mia_rows(meta0, ref["mcq"], orc)
-                    rows += open_rows(meta0, ref["mcq"])
+                    rows += open_rows(meta0, ref["mcq"], None, orc)
                 folder = out / "cells" / scenario / f"{method}__{target}__seed{seed}"
                 paths = [p for p in folder.glob("request*.json") if p.stem[7:].isdigit()]
                 for path in sorted(paths, key=lambda p: int(p.stem[7:])):
@@ -57,7 +58,7 @@ def write_results(out: Path) -> pd.DataFrame:
                         rows += budget_rows(c["meta"], c["splits"], c["mcq"], c["mmbench"], ref, c["status"],
                                             c.get("halves"))
                         rows += oracle_rows(c["meta"], c["splits"], c["mcq"], orc) + mia_rows(c["meta"], c["mcq"], orc)
-                        rows += open_rows(c["meta"], c["mcq"])
+                        rows += open_rows(c["meta"], c["mcq"], ref["mcq"], orc)
                         rows += curve_rows(c["meta"], c, ref)
                         rows += matched_rows(c["meta"], c, ref)
                         rows += not_run_rows(c, ref)

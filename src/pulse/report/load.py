@@ -38,7 +38,8 @@ SPLITS = ("unlearn", "retain", "mmbench", "mmbench_vanilla", "fold_current", "fo
           "relearn_measured", "relearn_trained", "relearn_measured_attacked", "relearn_trained_attacked",
           "unlearn_known", "unlearn_known_sel", "unlearn_known_held", "unlearn_vs_retain")
 PERCENT_METRICS = ("accuracy", "cloze")  # metrics whose value lies in 0..100
-METRICS = PERCENT_METRICS + ("rouge1", "rouge2", "rougeL", "bleu", "oracle_gap", "forget_quality", "privleak",
+METRICS = PERCENT_METRICS + ("rouge1", "rouge2", "rougeL", "bleu", "oracle_gap", "oracle_gap_cloze",
+                             "oracle_gap_rougeL", "forget_quality", "privleak",
                              "mia_auc_loss", "mia_auc_zlib", "mia_auc_mink", "mia_auc_minkpp")
 ORACLE = "oracle"  # method name of the retrained oracle's rows
 MODALITIES = ("image", "text", "all")

@@ -41,7 +41,7 @@ class StopRule:
     """Matched forgetting (protocol/track.py): a request's matched point is the first checkpoint
     (every eval.every steps, step 0, the budget, the cap) whose selection-half D_unlearn accuracy (both forms)
     is <= the never-learned reference on that half + `margin`. Single-request scenarios only."""
-    rule: str = "none"  # "none", "never_learned" or "oracle" (the retrained oracle's; fine-tuned scenario)
+    rule: str = "none"  # "none" or "never_learned"
     margin: float = 0.0  # percentage points above the reference
     max_steps: int = 0  # step cap of the search; 0 = the configured budget. Above the budget: schedule constant
 

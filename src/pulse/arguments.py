@@ -104,19 +104,24 @@ def _run_parser(sub) -> None:
                    help="submitit executor: slurm, or its local/debug executors (tests, dry runs)")
 
 
+def _loading_arguments(p, batch_size: int) -> None:
+    """How a command that scores one checkpoint loads and batches it, and --json."""
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16 or float16")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
+    p.add_argument("--template", help="prompt template name (llava-1.5, plain); default: the checkpoint's")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=batch_size)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
 def _eval_parsers(sub) -> None:
     for name in ("eval", "mmbench"):
         e = sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
         e.add_argument("--model", required=True, help="checkpoint directory (safetensors)")
         e.add_argument("--scoring", choices=["likelihood", "generate"],
                        help="default: the model's own (likelihood for the mini model, generate otherwise)")
-        e.add_argument("--dtype", default="auto",
-                       help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16 or float16")
-        e.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-        e.add_argument("--template", help="prompt template name (llava-1.5, plain); default: the checkpoint's")
-        e.add_argument("--trust-remote-code", action="store_true")
-        e.add_argument("--batch-size", type=_int_at_least(1), default=64)
-        e.add_argument("--json", action="store_true", help="print JSON")
+        _loading_arguments(e, batch_size=64)
         if name == "eval":
             e.add_argument("--data", required=True, type=Path, help="MLLMU-Bench folder (local clone)")
             e.add_argument("--config", required=True, help="config name, e.g. forget_10, Retain_Set, Test_Set")
@@ -154,14 +159,8 @@ def _mia_parser(sub) -> None:
     m.add_argument("--members", required=True, help="the people trained on, e.g. first:100 or forget_10")
     m.add_argument("--nonmembers", required=True, help="people never trained on, e.g. after:100")
     m.add_argument("--pairs", default="ft_Data", help="the QA-pair config scored (default ft_Data)")
-    m.add_argument("--dtype", default="auto",
-                   help="auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16 or float16")
-    m.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N")
-    m.add_argument("--template", help="prompt template name (llava-1.5, plain); default: the checkpoint's")
-    m.add_argument("--trust-remote-code", action="store_true")
-    m.add_argument("--batch-size", type=_int_at_least(1), default=16)
+    _loading_arguments(m, batch_size=16)
     m.add_argument("--scores", type=Path, help="write one JSON record per pair here (person, form, four scores)")
-    m.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _finetune_parser(sub) -> None:
